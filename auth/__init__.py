@@ -1,0 +1,1 @@
+"""Accounts and signed playback (see the accounts issue)."""

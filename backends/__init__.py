@@ -1,0 +1,1 @@
+"""Storage, cache and catalog adapters behind small protocols."""

@@ -1,0 +1,38 @@
+"""Domain exceptions raised by the packager and the backends.
+
+One table in ``gateway.errors`` maps each class to an HTTP status; nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+
+class ClipSyncError(Exception):
+    """Base class: ``str(exc)`` is a message safe to show a client."""
+
+
+class MediaNotFound(ClipSyncError):
+    """The asset, rendition or file does not exist (or is outside the library root)."""
+
+
+class BadMedia(ClipSyncError):
+    """The file exists but is not usable media: not MP4, truncated, inconsistent tables."""
+
+
+class UnsupportedMedia(BadMedia):
+    """Well-formed media that this origin cannot package (codec, fragmented MP4, ...)."""
+
+
+class MisalignedLadder(BadMedia):
+    """Renditions of one asset do not share segment boundaries, so ABR switching would break."""
+
+
+class SegmentOutOfRange(ClipSyncError):
+    """A segment number or URL that the plan of this asset does not contain."""
+
+
+class StorageUnavailable(ClipSyncError):
+    """The storage backend cannot answer now (timeout, throttling, refused connection)."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,184 @@
+"""The one Settings object: defaults, then a TOML file, then CLIPSYNC_* environment variables.
+
+Environment variables name a section and a key joined by a double underscore, e.g.
+``CLIPSYNC_VOD__TARGET_DURATION=4`` or ``CLIPSYNC_STORAGE__LIBRARY=/srv/media``; ``CLIPSYNC_CONFIG``
+names the TOML file. Nothing outside this package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+ENV_PREFIX = "CLIPSYNC_"
+CONFIG_ENV = "CLIPSYNC_CONFIG"
+# Settings already validated by the CLI, handed to server worker processes as JSON.
+RESOLVED_ENV = "CLIPSYNC_RESOLVED"
+
+SegmentFormat = Literal["fmp4", "ts"]
+
+
+class SettingsError(Exception):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class StorageSettings(_Section, frozen=True):
+    # A folder path or a storage URL (file://, memory://).
+    library: Annotated[str, Meta(min_length=1)] = "./data"
+
+
+class VodSettings(_Section, frozen=True):
+    target_duration: Annotated[float, Meta(ge=1.0, le=60.0)] = 6.0
+    # How far a segment may run past the target when keyframes allow a cut (Apple: 0.5 s).
+    max_overrun: Annotated[float, Meta(ge=0.0, le=0.5)] = 0.5
+    segment_format: SegmentFormat = "fmp4"
+    playlist_max_age: Annotated[int, Meta(ge=0, le=31_536_000)] = 60
+    segment_max_age: Annotated[int, Meta(ge=0, le=31_536_000)] = 31_536_000
+    gzip_playlists: bool = True
+    # Gap below which two byte ranges of one segment are read as one request.
+    read_coalesce_gap: Annotated[int, Meta(ge=0, le=16 * 1024 * 1024)] = 64 * 1024
+
+
+class CacheSettings(_Section, frozen=True):
+    # In-process budget for parsed media indexes and segment plans.
+    index_budget_mb: Annotated[float, Meta(ge=1.0, le=65_536.0)] = 256.0
+
+
+class ServerSettings(_Section, frozen=True):
+    host: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65_535)] = 8080
+    workers: Annotated[int, Meta(ge=1, le=256)] = 1
+    # Threads for blocking work (index parsing, synchronous storage reads) per worker.
+    blocking_threads: Annotated[int, Meta(ge=1, le=256)] = 8
+    # Largest moov box we agree to load (bytes); protects memory against hostile files.
+    max_moov_mb: Annotated[float, Meta(ge=1.0, le=4096.0)] = 512.0
+
+
+class PlayerSettings(_Section, frozen=True):
+    # Where the demo page loads hls.js from.
+    hlsjs_url: str = "https://cdn.jsdelivr.net/npm/hls.js@1.7.4/dist/hls.min.js"
+
+
+class Settings(_Section, frozen=True):
+    storage: StorageSettings = StorageSettings()
+    vod: VodSettings = VodSettings()
+    cache: CacheSettings = CacheSettings()
+    server: ServerSettings = ServerSettings()
+    player: PlayerSettings = PlayerSettings()
+
+
+_PATH_RE = re.compile(r"at `\$\.([A-Za-z0-9_.]+)`")
+_UNKNOWN_RE = re.compile(r"unknown field `([^`]+)`")
+
+
+def _env_name(dotted: str) -> str:
+    section, _, key = dotted.partition(".")
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}" if key else section
+
+
+def _describe(exc: msgspec.ValidationError, source: str) -> str:
+    text = str(exc)
+    match = _PATH_RE.search(text)
+    unknown = _UNKNOWN_RE.search(text)
+    if unknown:
+        dotted = f"{match.group(1)}.{unknown.group(1)}" if match else unknown.group(1)
+        return f"unknown setting {dotted} (env {_env_name(dotted)}) from {source}"
+    if not match:
+        return f"invalid settings from {source}: {text}"
+    dotted = match.group(1)
+    reason = text[: match.start()].rstrip(" -")
+    return f"invalid setting {dotted} (env {_env_name(dotted)}) from {source}: {reason}"
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    sections = {name for name in Settings.__struct_fields__}
+    found: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, RESOLVED_ENV):
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or section not in sections or not key:
+            raise SettingsError(
+                f"unknown setting {name}: expected CLIPSYNC_<SECTION>__<KEY> with a section "
+                f"among {', '.join(sorted(sections))}"
+            )
+        found.setdefault(section, {})[key] = value
+    return found
+
+
+def _validate(raw: Mapping[str, Any], source: str, *, strict: bool) -> Settings:
+    try:
+        return msgspec.convert(raw, Settings, strict=strict)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(exc, source)) from None
+
+
+def load(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build Settings from defaults < TOML file < environment < explicit overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = config_file or env.get(CONFIG_ENV)
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        _validate(raw, f"config file {path}", strict=True)
+    env_values = _from_env(env)
+    if env_values:
+        merged = _merge(raw, env_values)
+        # Environment values are strings: let msgspec convert "4" to 4.0 and "true" to True.
+        _validate(merged, "the environment", strict=False)
+        raw = merged
+    if overrides:
+        raw = _merge(raw, {k: dict(v) for k, v in overrides.items() if v})
+    return _validate(raw, "the command line", strict=False)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes ``load_resolved`` return exactly ``settings`` in a child process."""
+    return {RESOLVED_ENV: msgspec.json.encode(settings).decode()}
+
+
+def load_resolved(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings handed down by the CLI if present, else the usual file + environment."""
+    env = os.environ if env is None else env
+    resolved = env.get(RESOLVED_ENV)
+    if resolved:
+        try:
+            return msgspec.json.decode(resolved, type=Settings)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(_describe(exc, RESOLVED_ENV)) from None
+    return load(env=env)
+
+
+def export(settings: Settings) -> None:
+    """Put ``settings`` into this process's environment for the server's worker processes."""
+    os.environ.update(to_env(settings))

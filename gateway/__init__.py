@@ -1,0 +1,1 @@
+"""ASGI app, routes, HTTP semantics and the CLI."""

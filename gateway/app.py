@@ -1,0 +1,50 @@
+"""The ASGI application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from backends.blocking import BlockingRunner
+from backends.errors import ClipSyncError
+from backends.storage import Storage, open_storage
+from conf import Settings, load_resolved
+from gateway import errors
+from gateway.cors import PublicCORS
+from gateway.library import Library
+from gateway.ranges import RangeNotSatisfiable
+from gateway.routes import VodRoutes, healthz, player_page
+
+log = logging.getLogger("clipsync.gateway")
+
+
+def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
+    runner = BlockingRunner(settings.server.blocking_threads)
+    if storage is None:
+        storage = open_storage(settings.storage.library, runner)
+    library = Library(settings, storage, runner)
+    vod = VodRoutes(library)
+    routes = [
+        Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
+        Route("/player", player_page(settings.player.hlsjs_url), methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+    ]
+    middleware = [Middleware(PublicCORS)]
+    handlers = {
+        ClipSyncError: errors.handle_domain,
+        RangeNotSatisfiable: errors.handle_domain,
+        HTTPException: errors.handle_http,
+        Exception: errors.handle_unexpected,
+    }
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+    app.state.library = library
+    return app
+
+
+def factory() -> Starlette:
+    """Entry point for granian workers: settings come from the CLI through ``conf``."""
+    return create_app(load_resolved())

@@ -1,0 +1,136 @@
+"""``clipsync``: serve the gateway, or generate and serve the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backends.blocking import BlockingRunner
+from backends.errors import ClipSyncError
+from backends.storage import open_storage
+from conf import Settings, SettingsError, load
+from conf.settings import export
+
+DEMO_ASSET = "demo"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
+    parser.add_argument("--library", help="folder or storage URL of the media library")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default 8080)")
+    parser.add_argument("--workers", type=int, help="granian worker processes (default 1)")
+    parser.add_argument("--threads", type=int, help="threads for blocking work per worker")
+    parser.add_argument("--segment-format", choices=["fmp4", "ts"], help="default segment format")
+    parser.add_argument("--target-duration", type=float, help="target segment duration (s)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    chosen = {
+        ("storage", "library"): args.library,
+        ("server", "host"): args.host,
+        ("server", "port"): args.port,
+        ("server", "workers"): args.workers,
+        ("server", "blocking_threads"): args.threads,
+        ("vod", "segment_format"): args.segment_format,
+        ("vod", "target_duration"): args.target_duration,
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for (section, key), value in chosen.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="clipsync", description="ClipSync Edge VOD origin")
+    commands = root.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    _common(serve)
+    demo = commands.add_parser(
+        "demo", help=f"generate a demo ladder into <library>/{DEMO_ASSET}, then serve it"
+    )
+    _common(demo)
+    demo.add_argument("--duration", type=float, default=20.0, help="demo length in seconds")
+    return root
+
+
+def generate_demo(folder: Path, duration: float) -> None:
+    """Write a three-rendition ladder with aligned 2 s GOPs; skip renditions already there."""
+    from fractions import Fraction
+
+    from packager.synth import SynthSpec, write
+
+    ladder = {
+        "720p": (1280, 720, 2_400_000),
+        "480p": (854, 480, 1_200_000),
+        "360p": (640, 360, 700_000),
+    }
+    for name, (width, height, bitrate) in ladder.items():
+        final = folder / f"{name}.mp4"
+        if final.exists():
+            continue
+        spec = SynthSpec(
+            duration=duration,
+            width=width,
+            height=height,
+            fps=Fraction(30),
+            bitrate=bitrate,
+            noise=6,
+            faststart=True,
+        )
+        print(f"generating demo rendition {final} ...", flush=True)
+        partial = folder / f".{name}.partial.mp4"
+        write(partial, spec)
+        partial.replace(final)  # atomic: a half-written demo is never served
+
+
+def _serve(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    try:
+        open_storage(settings.storage.library, BlockingRunner(1))
+    except (ClipSyncError, ValueError) as exc:
+        raise SettingsError(f"storage.library: {exc}") from None
+    export(settings)  # granian workers load these exact settings
+    server = settings.server
+    base = f"http://{server.host}:{server.port}"
+    print(f"ClipSync Edge serving {settings.storage.library} on {base}", flush=True)
+    Granian(
+        "gateway.app:factory",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=server.host,
+        port=server.port,
+        workers=server.workers,
+        log_access=False,
+    ).serve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "demo" and args.library is None:
+            args.library = "./data"
+        settings = load(args.config, overrides=_overrides(args))
+        if args.command == "demo":
+            library = settings.storage.library.removeprefix("file://")
+            if "://" in library:
+                raise SettingsError("storage.library: the demo needs a local folder")
+            generate_demo(Path(library) / DEMO_ASSET, args.duration)
+            base = f"http://{settings.server.host}:{settings.server.port}"
+            print(f"Playback URL: {base}/vod/{DEMO_ASSET}/master.m3u8", flush=True)
+            print(f"Player page:  {base}/player", flush=True)
+        _serve(settings)
+    except SettingsError as exc:
+        print(f"clipsync: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Path-mode assets: from a library path to packaged renditions, with their cached work.
+
+An asset is one MP4 (one rendition, named ``main``) or a folder whose MP4 files are the
+renditions of a ladder (named after the file stem: ``720p.mp4`` -> ``720p``). For every source
+file the index and the segment plan are built once per (storage, path, etag, size, versions,
+settings) and kept in the byte-budgeted LRU; concurrent misses for one file share one build.
+Failures to parse are cached the same way, so a corrupt file is not re-read on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from backends import paths
+from backends.blocking import BlockingRunner
+from backends.cache import ByteBudgetLRU, SingleFlight
+from backends.errors import BadMedia, MediaNotFound, MisalignedLadder
+from backends.storage import ObjectInfo, Storage
+from conf.settings import Settings
+from gateway.urls import SINGLE_RENDITION, is_rendition_name
+from packager import playlists
+from packager.index import I64, INDEX_VERSION, MediaIndex
+from packager.mp4 import read_index
+from packager.mux import TIMELINE_OFFSET_SECONDS, SegmentBody, fmp4, ts
+from packager.playlists import Format
+from packager.samples import SampleSource, segment_ranges
+from packager.segmenter import SegmenterConfig, SegmentPlan, plan
+
+MEDIA_EXTENSIONS = (".mp4", ".m4v", ".mov")
+# Bump when the bytes we write change for the same input and settings (part of every ETag).
+OUTPUT_VERSION = 1
+_FAILURE_WEIGHT = 1024
+
+
+@dataclass(frozen=True, eq=False)
+class Rendition:
+    """One source file with its index and plan; the same file may be named differently by
+    different URLs (``main`` of a file asset, ``720p`` of its folder), so it holds no name."""
+
+    info: ObjectInfo
+    index: MediaIndex
+    plan: SegmentPlan
+    _memo: dict[Hashable, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        plan_bytes = sum(
+            a.nbytes
+            for a in (self.plan.frag_ms, self.plan.seg_frags, self.plan.video, self.plan.audio)
+            if a is not None
+        )
+        return self.index.nbytes + plan_bytes * 4 + 4096
+
+    def sizes(self, fmt: Format) -> I64:
+        key = ("sizes", fmt)
+        if key not in self._memo:
+            writer = fmp4 if fmt == "fmp4" else ts
+            self._memo[key] = writer.segment_sizes(self.index, self.plan)
+        sizes: I64 = self._memo[key]
+        return sizes
+
+    @cached_property
+    def init_segment(self) -> bytes:
+        return fmp4.init_segment(self.index)
+
+    def iframe_ranges(self, fmt: Format) -> list[list[tuple[int, int, int]]]:
+        key = ("iframes", fmt)
+        if key not in self._memo:
+            writer = fmp4 if fmt == "fmp4" else ts
+            self._memo[key] = [
+                writer.iframe_ranges(self.index, self.plan, k) for k in range(self.plan.count)
+            ]
+        ranges: list[list[tuple[int, int, int]]] = self._memo[key]
+        return ranges
+
+    def variant(self, fmt: Format, url_suffix: str, uri_prefix: str) -> playlists.Variant:
+        """``url_suffix`` is '' for the default format, else '-ts' / '-fmp4' as in the URL."""
+        suffix = url_suffix
+        iframe_lengths = None
+        iframe_uri = None
+        if self.index.video is not None:
+            iframe_lengths = np.array(
+                [length for seg in self.iframe_ranges(fmt) for _, _, length in seg], dtype=np.int64
+            )
+            iframe_uri = f"{uri_prefix}iframes{suffix}.m3u8"
+        return playlists.variant(
+            self.index,
+            self.plan,
+            self.sizes(fmt),
+            f"{uri_prefix}index{suffix}.m3u8",
+            iframe_uri,
+            iframe_lengths,
+        )
+
+    def tag_parts(self) -> tuple[object, ...]:
+        return (self.info.path, self.info.etag, self.info.size, INDEX_VERSION, OUTPUT_VERSION)
+
+
+class Library:
+    def __init__(self, settings: Settings, storage: Storage, runner: BlockingRunner) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.runner = runner
+        self.config = SegmenterConfig(settings.vod.target_duration, settings.vod.max_overrun)
+        self.cache: ByteBudgetLRU[Any] = ByteBudgetLRU(int(settings.cache.index_budget_mb * 2**20))
+        self.flight: SingleFlight[Rendition] = SingleFlight()
+        self.builds = 0
+
+    @property
+    def settings_key(self) -> tuple[object, ...]:
+        return (self.config.target, self.config.max_overrun, TIMELINE_OFFSET_SECONDS)
+
+    # Resolution ---------------------------------------------------------------------------
+
+    async def _stat_rendition(self, asset: str, name: str) -> ObjectInfo:
+        if name == SINGLE_RENDITION:
+            info = await self.storage.stat(asset)
+            if info.kind == "file":
+                return info
+        for extension in MEDIA_EXTENSIONS:
+            try:
+                info = await self.storage.stat(paths.join(asset, name + extension))
+            except MediaNotFound:
+                continue
+            if info.kind == "file":
+                return info
+        raise MediaNotFound(f"rendition {name!r} of {asset} not found")
+
+    async def rendition(self, asset: str, name: str) -> Rendition:
+        info = await self._stat_rendition(asset, name)
+        return await self._load(info)
+
+    async def ladder(self, asset: str) -> list[tuple[str, Rendition]]:
+        """Every rendition of ``asset``, checked to share segment boundaries."""
+        info = await self.storage.stat(asset)
+        if info.kind == "file":
+            return [(SINGLE_RENDITION, await self._load(info))]
+        entries = await self.storage.list(asset)
+        names: dict[str, str] = {}
+        for entry in entries:
+            stem, extension = posixpath.splitext(entry.name)
+            # A file whose stem cannot be spelled as a rendition URL is not offered.
+            media = entry.kind == "file" and extension.lower() in MEDIA_EXTENSIONS
+            if media and is_rendition_name(stem):
+                names.setdefault(stem, entry.name)
+        if not names:
+            raise MediaNotFound(f"{asset} holds no MP4 renditions")
+        infos = await asyncio.gather(
+            *(self.storage.stat(paths.join(asset, file)) for file in names.values())
+        )
+        renditions = []
+        for name, item in zip(names, infos, strict=True):
+            try:
+                renditions.append((name, await self._load(item)))
+            except BadMedia as exc:
+                raise type(exc)(f"rendition {name}: {exc}") from None
+        _check_alignment(renditions)
+        return renditions
+
+    # Building -----------------------------------------------------------------------------
+
+    async def _load(self, info: ObjectInfo) -> Rendition:
+        key = (self.storage.uri, info.path, info.etag, info.size, INDEX_VERSION, self.settings_key)
+        cached = self.cache.get(key)
+        if isinstance(cached, BadMedia):
+            raise cached
+        if isinstance(cached, Rendition):
+            return cached
+        return await self.flight.run(key, lambda: self._build(key, info))
+
+    async def _build(self, key: Hashable, info: ObjectInfo) -> Rendition:
+        self.builds += 1
+        max_moov = int(self.settings.server.max_moov_mb * 2**20)
+        try:
+            index = await read_index(self.storage, info, self.runner, max_moov)
+            segment_plan = await self.runner.run(plan, index, self.config)
+        except BadMedia as exc:
+            self.cache.put(key, exc, _FAILURE_WEIGHT)
+            raise
+        rendition = Rendition(info, index, segment_plan)
+        self.cache.put(key, rendition, rendition.nbytes)
+        return rendition
+
+    async def segment(self, rendition: Rendition, number: int, fmt: Format) -> SegmentBody:
+        k = rendition.plan.check(number)
+        gap = self.settings.vod.read_coalesce_gap
+        ranges = segment_ranges(rendition.index, rendition.plan, k, gap)
+        buffers = await self.storage.read_ranges(rendition.info.path, ranges)
+        source = SampleSource(ranges, buffers)
+        if fmt == "fmp4":
+            return fmp4.write_segment(rendition.index, rendition.plan, k, source)
+        # TS does per-packet work: keep it off the event loop.
+        return await self.runner.run(ts.write_segment, rendition.index, rendition.plan, k, source)
+
+    def cached_playlist(self, key: Hashable) -> Any:
+        return self.cache.get(key)
+
+    def store_playlist(self, key: Hashable, value: Any, size: int) -> None:
+        self.cache.put(key, value, size)
+
+
+def _check_alignment(renditions: list[tuple[str, Rendition]]) -> None:
+    """Renditions of a ladder must cut segments at the same instants (within half a frame)."""
+    video = [(n, r) for n, r in renditions if r.index.video is not None]
+    if len(video) < 2:
+        return
+    ref_name, reference = max(
+        video, key=lambda item: item[1].index.video.info.height if item[1].index.video else 0
+    )
+    ref_times = reference.plan.times_ms
+    for name, other in video:
+        if other is reference:
+            continue
+        track = other.index.video
+        assert track is not None
+        frame_ms = 1000 * float(np.median(track.durations)) / track.info.timescale
+        tolerance = max(1.0, frame_ms / 2)
+        times = other.plan.times_ms
+        if times.shape != ref_times.shape:
+            raise MisalignedLadder(
+                f"rendition {name} has {times.shape[0] - 1} segments but "
+                f"{ref_name} has {ref_times.shape[0] - 1}: keyframes are not aligned"
+            )
+        diff = np.abs(times - ref_times)
+        if float(diff.max()) > tolerance:
+            k = int(np.argmax(diff > tolerance))
+            raise MisalignedLadder(
+                f"rendition {name} is misaligned with {ref_name}: its segment {k + 1} "
+                f"starts at {times[k] / 1000:.3f} s instead of {ref_times[k] / 1000:.3f} s"
+            )
