@@ -40,7 +40,7 @@ class ChunkedBody(Response):
 
     def __init__(
         self,
-        parts: Sequence[bytes | memoryview],
+        parts: Sequence[bytes | bytearray | memoryview],
         status_code: int,
         headers: dict[str, str],
         media_type: str | None,
@@ -53,8 +53,12 @@ class ChunkedBody(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        # One body message: granian copies it once into the socket buffer.
-        await send({"type": "http.response.body", "body": b"".join(self.parts)})
+        # One body message (granian streams many small ones far slower), passed as it is when it
+        # already is one buffer: a segment is built in place and never copied again here.
+        parts = self.parts
+        single = len(parts) == 1 and isinstance(parts[0], bytes | bytearray)
+        body = parts[0] if single else b"".join(parts)
+        await send({"type": "http.response.body", "body": body})
 
 
 def _base_headers(tag: str, cache_control: str) -> dict[str, str]:
@@ -86,7 +90,7 @@ def _ranged(
     if byte_range:
         status = 206
         headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
-    parts: list[bytes | memoryview] = []
+    parts: list[bytes | bytearray | memoryview] = []
     if isinstance(body, bytes):
         parts = [memoryview(body)[start:end]]
     elif body is not None:

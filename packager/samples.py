@@ -8,6 +8,7 @@ views of each sample or run of samples.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,16 +37,20 @@ class TrackSlice:
     def nbytes(self) -> int:
         return int(self.track.size[self.first : self.end].sum(dtype=np.int64))
 
-    def runs(self) -> list[Range]:
-        """Byte ranges of the samples, in decode order, merging samples that touch."""
-        if self.end <= self.first:
-            return []
+    def runs(self) -> tuple[I64, I64]:
+        """(starts, ends) of the samples' byte ranges in decode order, merging samples that touch.
+
+        Real files interleave audio and video every frame or two, so a 6 s segment has hundreds
+        of runs: they stay numpy arrays, never a Python object per run until the copy itself.
+        """
         offsets = self.track.offset[self.first : self.end]
         ends = offsets + self.track.size[self.first : self.end].astype(np.int64)
+        if offsets.shape[0] == 0:
+            return offsets, ends
         breaks = np.flatnonzero(offsets[1:] != ends[:-1]) + 1
         starts = np.concatenate(([0], breaks))
         stops = np.concatenate((breaks, [offsets.shape[0]]))
-        return list(zip(offsets[starts].tolist(), ends[stops - 1].tolist(), strict=True))
+        return offsets[starts], ends[stops - 1]
 
 
 def fragment_slices(index: MediaIndex, plan: SegmentPlan, fragment: int) -> list[TrackSlice]:
@@ -57,23 +62,34 @@ def fragment_slices(index: MediaIndex, plan: SegmentPlan, fragment: int) -> list
     return out
 
 
-def coalesce(ranges: Sequence[Range], gap: int) -> list[Range]:
-    merged: list[list[int]] = []
-    for start, end in sorted(ranges):
-        if merged and start - merged[-1][1] <= gap:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(a, b) for a, b in merged]
+def coalesce(starts: I64, ends: I64, gap: int) -> list[Range]:
+    """Merge byte ranges (in any order) whose distance is at most ``gap``."""
+    if starts.shape[0] == 0:
+        return []
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], np.maximum.accumulate(ends[order])
+    # A new read begins where a range starts more than ``gap`` past everything before it.
+    new = np.flatnonzero(starts[1:] - ends[:-1] > gap) + 1
+    first = np.concatenate(([0], new))
+    last = np.concatenate((new - 1, [starts.shape[0] - 1]))
+    return list(zip(starts[first].tolist(), ends[last].tolist(), strict=True))
+
+
+def segment_runs(index: MediaIndex, plan: SegmentPlan, segment: int) -> tuple[I64, I64]:
+    """Byte ranges of every sample of ``segment`` (all fragments, both tracks)."""
+    pieces = [
+        piece.runs()
+        for fragment in plan.fragments(segment)
+        for piece in fragment_slices(index, plan, fragment)
+    ]
+    if not pieces:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
 
 def segment_ranges(index: MediaIndex, plan: SegmentPlan, segment: int, gap: int) -> list[Range]:
     """The coalesced byte ranges holding every sample of ``segment``."""
-    runs: list[Range] = []
-    for fragment in plan.fragments(segment):
-        for piece in fragment_slices(index, plan, fragment):
-            runs.extend(piece.runs())
-    return coalesce(runs, gap)
+    return coalesce(*segment_runs(index, plan, segment), gap)
 
 
 class SampleSource:
@@ -81,7 +97,9 @@ class SampleSource:
 
     def __init__(self, ranges: Sequence[Range], buffers: Sequence[bytes]) -> None:
         self._starts: I64 = np.array([r[0] for r in ranges], dtype=np.int64)
-        self._ranges = list(ranges)
+        self._ends: I64 = np.array([r[1] for r in ranges], dtype=np.int64)
+        self._start_list = self._starts.tolist()
+        self._end_list = self._ends.tolist()
         self._views = [memoryview(b) for b in buffers]
         for (start, end), view in zip(ranges, self._views, strict=True):
             if len(view) != end - start:
@@ -89,9 +107,26 @@ class SampleSource:
                     f"the file ended early: wanted bytes {start}-{end}, got {len(view)} bytes"
                 )
 
+    def _locate(self, starts: I64, ends: I64) -> I64:
+        which = np.searchsorted(self._starts, starts, side="right") - 1
+        if starts.shape[0] and (
+            int(which.min()) < 0 or bool(np.any(ends > self._ends[np.maximum(which, 0)]))
+        ):
+            raise BadMedia("sample bytes were not read")  # a planning bug, not user input
+        return which
+
     def view(self, start: int, end: int) -> memoryview:
-        i = int(np.searchsorted(self._starts, start, side="right")) - 1
-        if i < 0 or end > self._ranges[i][1]:
+        # Called once per sample by the TS writer: plain bisect, no numpy temporaries.
+        i = bisect.bisect_right(self._start_list, start) - 1
+        if i < 0 or end > self._end_list[i]:
             raise BadMedia(f"bytes {start}-{end} were not read")  # a planning bug, not user input
-        base = self._ranges[i][0]
+        base = self._start_list[i]
         return self._views[i][start - base : end - base]
+
+    def views(self, starts: I64, ends: I64) -> list[memoryview]:
+        """Views of many byte ranges at once: one vectorised lookup, then one slice each."""
+        which = self._locate(starts, ends)
+        bases = self._starts[which]
+        views = self._views
+        lows, highs = (starts - bases).tolist(), (ends - bases).tolist()
+        return [views[i][lo:hi] for i, lo, hi in zip(which.tolist(), lows, highs, strict=True)]

@@ -18,15 +18,17 @@ TIMELINE_OFFSET_SECONDS = 10
 class SegmentBody:
     """A generated segment as a list of byte chunks (views into the read buffers where possible)."""
 
-    parts: list[bytes | memoryview]
+    parts: list[bytes | bytearray | memoryview]
     size: int
 
-    def join(self) -> bytes:
+    def join(self) -> bytes | bytearray:
+        if len(self.parts) == 1 and not isinstance(self.parts[0], memoryview):
+            return self.parts[0]
         return b"".join(self.parts)
 
-    def slice(self, start: int, end: int) -> list[bytes | memoryview]:
+    def slice(self, start: int, end: int) -> list[bytes | bytearray | memoryview]:
         """The chunks covering bytes [start, end) of the segment, without copying."""
-        out: list[bytes | memoryview] = []
+        out: list[bytes | bytearray | memoryview] = []
         pos = 0
         for part in self.parts:
             size = len(part)

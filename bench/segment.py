@@ -1,0 +1,360 @@
+"""Just-in-time packaging speed, beside static nginx serving the same bytes, in one run.
+
+    .venv/bin/python bench/segment.py [--seconds 10] [--connections 8]
+
+Prints a markdown table (and writes it to bench/out/segment.md):
+
+* index build time: the 1080p fixture, and a synthetic two-hour moov;
+* per-segment packaging time in-process, fMP4 and TS, median and p99 (read from the page cache,
+  mux, and join into one buffer: a complete segment in memory);
+* HTTP throughput of segment requests from one granian worker (``clipsync serve``) and, as the
+  reference, Debian's nginx with one worker serving the very same segment bytes as static files,
+  both loaded by wrk with the same connections for the same time.
+
+The fixture is 1080p, 30 fps, 5 Mbit/s, 60 s, 2 s GOP, B-frames and AAC, generated once into
+bench/out/ by PyAV. Needs Debian's nginx and wrk (``apt-get install nginx-light wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backends.blocking import BlockingRunner
+from backends.storage import Storage, open_storage
+from packager.mp4 import read_index
+from packager.mux import fmp4, ts
+from packager.samples import SampleSource, segment_ranges
+from packager.segmenter import SegmenterConfig, plan
+from packager.synth import SynthSpec, write
+
+OUT = Path(__file__).resolve().parent / "out"
+FIXTURE = SynthSpec(
+    duration=60,
+    width=1920,
+    height=1080,
+    fps=Fraction(30),
+    bitrate=5_000_000,
+    noise=24,
+    gop_seconds=2.0,
+    bframes=2,
+    preset="veryfast",
+)
+GAP = 64 * 1024
+MAX_MOOV = 1 << 30
+
+
+def fixture() -> Path:
+    path = OUT / "library" / "1080p.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print("generating the 1080p fixture (once) ...", file=sys.stderr, flush=True)
+        partial = path.with_name(".1080p.partial.mp4")
+        write(partial, FIXTURE)
+        partial.replace(path)
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def time_index(storage: Storage, name: str, runner: BlockingRunner, runs: int) -> float:
+    info = await storage.stat(name)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await read_index(storage, info, runner, MAX_MOOV)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+async def in_process(storage: Storage, runner: BlockingRunner, rounds: int) -> dict[str, object]:
+    info = await storage.stat("1080p.mp4")
+    index = await read_index(storage, info, runner, MAX_MOOV)
+    cut = plan(index, SegmenterConfig())
+    results: dict[str, object] = {"segments": cut.count, "plan": cut, "index": index}
+    for name, writer in (("fmp4", fmp4), ("ts", ts)):
+        totals: list[float] = []
+        muxing: list[float] = []
+        sizes: list[int] = []
+        for _ in range(rounds):
+            for k in range(cut.count):
+                start = time.perf_counter()
+                ranges = segment_ranges(index, cut, k, GAP)
+                buffers = await storage.read_ranges(info.path, ranges)
+                read_done = time.perf_counter()
+                body = writer.write_segment(index, cut, k, SampleSource(ranges, buffers)).join()
+                end = time.perf_counter()
+                totals.append(end - start)
+                muxing.append(end - read_done)
+                sizes.append(len(body))
+        results[name] = (totals, muxing, sizes)
+    return results
+
+
+def write_static(results: dict[str, object], storage: Storage, root: Path) -> list[str]:
+    """Write every fMP4 segment as a static file (the bytes the gateway serves)."""
+
+    async def dump() -> list[str]:
+        info = await storage.stat("1080p.mp4")
+        index, cut = results["index"], results["plan"]
+        paths = []
+        folder = root / "vod" / "1080p.mp4" / "main"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(cut.count):  # type: ignore[attr-defined]
+            ranges = segment_ranges(index, cut, k, GAP)  # type: ignore[arg-type]
+            buffers = await storage.read_ranges(info.path, ranges)
+            body = fmp4.write_segment(index, cut, k, SampleSource(ranges, buffers))  # type: ignore[arg-type]
+            (folder / f"seg-{k + 1}.m4s").write_bytes(body.join())
+            paths.append(f"/vod/1080p.mp4/main/seg-{k + 1}.m4s")
+        return paths
+
+    return asyncio.run(dump())
+
+
+def wrk(
+    base: str, paths: list[str], seconds: int, connections: int, script_dir: Path
+) -> dict[str, float]:
+    script = script_dir / "segments.lua"
+    listed = ", ".join(f'"{p}"' for p in paths)
+    script.write_text(
+        f"local paths = {{{listed}}}\nlocal i = 0\n"
+        "request = function()\n  i = i % #paths + 1\n  return wrk.format('GET', paths[i])\nend\n"
+        "done = function(summary, latency, requests)\n"
+        "  io.write(string.format('ERRORS %d %d\\n', summary.errors.status, summary.errors.read))\n"
+        "end\n"
+    )
+    run = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = run.stdout
+    requests = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"ERRORS (\d+) (\d+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    return {
+        "rps": requests,
+        "errors": float(errors.group(1)) + float(errors.group(2)) if errors else 0.0,
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
+    import urllib.request
+
+    for _ in range(200):
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own loopback server
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not answer: {url}")
+
+
+def start_nginx(root: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""worker_processes 1;
+daemon off;
+master_process on;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  types {{ video/mp4 m4s; }}
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    location / {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
+  }}
+}}
+"""
+    )
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    return subprocess.Popen([binary, "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL)
+
+
+def start_gateway(port: int, library: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSYNC_")}
+    command = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--library",
+        str(library),
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    handle = log.open("wb")
+    return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(command: list[str]) -> str:
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, check=False)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "not found"
+
+    import granian
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"granian {granian.__version__}; {version(['nginx', '-v'])}; {version(['wrk', '-v'])}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per server")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
+    parser.add_argument("--rounds", type=int, default=6, help="passes over the segments in-process")
+    parser.add_argument("--trials", type=int, default=3, help="alternating wrk trials per server")
+    args = parser.parse_args()
+
+    source = fixture()
+    runner = BlockingRunner(4)
+    storage = open_storage(str(source.parent), runner)
+
+    async def measure() -> tuple[float, float, int, dict[str, object]]:
+        from tests.moovgen import write_big_moov
+
+        own = await time_index(storage, "1080p.mp4", runner, 20)
+        info = await storage.stat("1080p.mp4")
+        video = (await read_index(storage, info, runner, MAX_MOOV)).video
+        assert video is not None
+        big = OUT / "library" / "two_hours.mp4"
+        samples = 2 * 3600 * 30
+        if not big.exists():
+            write_big_moov(big, video.info, samples)
+        moov = await time_index(storage, "two_hours.mp4", runner, 5)
+        results = await in_process(storage, runner, args.rounds)
+        return own, moov, samples, results
+
+    own_index, big_index, big_samples, results = asyncio.run(measure())
+    rows = [
+        "| measurement | value | reference / target |",
+        "|---|---|---|",
+        f"| index build, this file (60 s, {results['index'].video.count} + "  # type: ignore[attr-defined]
+        f"{results['index'].audio.count} samples) | {own_index * 1e3:.2f} ms | |",  # type: ignore[attr-defined]
+        f"| index build, synthetic 2-hour moov ({big_samples} samples) | "
+        f"{big_index * 1e3:.1f} ms | |",
+    ]
+    for name in ("fmp4", "ts"):
+        totals, muxing, sizes = results[name]  # type: ignore[misc]
+        target = "target: median <= 3 ms" if name == "fmp4" else ""
+        rows.append(
+            f"| {name} segment in-process (read + mux), median / p99 over {len(totals)} segments "
+            f"of {statistics.mean(sizes) / 1e6:.2f} MB | {statistics.median(totals) * 1e3:.2f} / "
+            f"{percentile(totals, 0.99) * 1e3:.2f} ms | {target} |"
+        )
+        rows.append(
+            f"| {name} mux only, median / p99 | {statistics.median(muxing) * 1e3:.2f} / "
+            f"{percentile(muxing, 0.99) * 1e3:.2f} ms | |"
+        )
+
+    with tempfile.TemporaryDirectory(prefix="clipsync-bench-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # nginx's worker runs as an unprivileged user and must read the files
+        static = work / "static"
+        paths = write_static(results, storage, static)
+        segment_mb = statistics.mean((static / p.lstrip("/")).stat().st_size for p in paths) / 1e6
+        nginx_port, gateway_port = free_port(), free_port()
+        nginx = start_nginx(static, nginx_port, work)
+        gateway = start_gateway(gateway_port, source.parent, work / "gateway.log")
+        try:
+            wait_for(f"http://127.0.0.1:{nginx_port}{paths[0]}", nginx)
+            wait_for(f"http://127.0.0.1:{gateway_port}{paths[0]}", gateway)
+            # Warm both: page cache for nginx, index cache for the gateway.
+            wrk(f"http://127.0.0.1:{gateway_port}", paths, 2, args.connections, work)
+            wrk(f"http://127.0.0.1:{nginx_port}", paths, 2, args.connections, work)
+            jit = wrk(
+                f"http://127.0.0.1:{gateway_port}", paths, args.seconds, args.connections, work
+            )
+            ref = wrk(f"http://127.0.0.1:{nginx_port}", paths, args.seconds, args.connections, work)
+        finally:
+            stop(gateway)
+            stop(nginx)
+    ratio = jit["rps"] / ref["rps"]
+    for label, res in (
+        ("ClipSync JIT fMP4, 1 granian worker", jit),
+        ("static nginx, 1 worker (reference)", ref),
+    ):
+        rows.append(
+            f"| HTTP {label}: segments/s, MB/s, p99 | {res['rps']:.0f} seg/s, "
+            f"{res['rps'] * segment_mb:.0f} MB/s, p99 {res['p99_ms']:.0f} ms | "
+            f"errors {res['errors'] + res['non2xx']:.0f} |"
+        )
+    rows.append(f"| HTTP JIT / static nginx | {ratio:.0%} | target: >= 50% |")
+    header = (
+        f"Machine: {machine()}\n\n"
+        f"wrk: 1 thread, {args.connections} connections, {args.seconds} s per trial, "
+        f"{args.trials} alternating trials per server, round-robin over the {len(paths)} "
+        f"segments of the fixture.\n"
+    )
+    report = header + "\n" + "\n".join(rows) + "\n"
+    OUT.mkdir(exist_ok=True)
+    (OUT / "segment.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
