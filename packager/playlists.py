@@ -43,10 +43,12 @@ def codecs(index: MediaIndex) -> list[str]:
 
 
 def frame_rate(index: MediaIndex) -> float | None:
+    """Frames per second from the sample durations (an edit list's window is rounded to the
+    movie timescale, so 29.97 fps would come out as 29.971 from it)."""
     video = index.video
     if video is None:
         return None
-    span = video.info.presentation_end - video.info.presentation_start
+    span = int(video.durations.sum())
     return round(video.count * video.info.timescale / span, 3) if span > 0 else None
 
 

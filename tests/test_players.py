@@ -5,7 +5,6 @@ The gateway runs in granian on 127.0.0.1 (``clipsync serve``), exactly as operat
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -17,28 +16,12 @@ import pytest
 
 from tests.conftest import IN_CI, Server, require, run_server, settings_for, stop_server
 from tests.media import GOOD, MediaLibrary
+from tests.probe import ffprobe, packets_by_type
 
 pytestmark = pytest.mark.player
 FORMATS = ("fmp4", "ts")
 OFFSET = 10.0  # packager.mux.TIMELINE_OFFSET_SECONDS
 FFMPEG_HINT = "apt-get install ffmpeg (scripts/test does it)"
-
-
-def ffprobe_json(*args: str) -> Any:
-    tool = require("ffprobe", FFMPEG_HINT)
-    out = subprocess.run(
-        [tool, "-v", "error", "-of", "json", *args], capture_output=True, check=True
-    )
-    return json.loads(out.stdout)
-
-
-def packets(source: str) -> dict[str, list[dict[str, Any]]]:
-    data = ffprobe_json("-show_packets", "-show_streams", source)
-    kinds = {s["index"]: s["codec_type"] for s in data["streams"]}
-    out: dict[str, list[dict[str, Any]]] = {"video": [], "audio": []}
-    for packet in data["packets"]:
-        out[kinds[packet["stream_index"]]].append(packet)
-    return out
 
 
 def video_md5(ffmpeg: str, path: Path) -> list[str]:
@@ -71,7 +54,7 @@ def test_ffmpeg_copies_the_stream_without_warnings(
     )
     assert run.returncode == 0, run.stderr
     assert run.stderr == "", f"ffmpeg warned:\n{run.stderr}"
-    theirs, ours = packets(str(source)), packets(str(out))
+    theirs, ours = packets_by_type(str(source)), packets_by_type(str(out))
     for kind in ("video", "audio"):
         assert len(ours[kind]) == len(theirs[kind]), f"{kind} packet count differs"
     # Same frames in the same order. Audio and fMP4 video carry the source's bytes unchanged;
@@ -80,8 +63,8 @@ def test_ffmpeg_copies_the_stream_without_warnings(
         assert [p["size"] for p in ours[kind]] == [p["size"] for p in theirs[kind]], kind
     if theirs["video"]:
         assert video_md5(ffmpeg, out) == video_md5(ffmpeg, source)
-    streams = ffprobe_json("-show_streams", str(out))["streams"]
-    original = ffprobe_json("-show_streams", str(source))["streams"]
+    streams = ffprobe("-show_streams", str(out))["streams"]
+    original = ffprobe("-show_streams", str(source))["streams"]
     for ours_s, theirs_s in zip(streams, original, strict=True):
         if ours_s["codec_type"] == "video":
             frame = 1 / float(GOOD[name].fps)
@@ -112,7 +95,7 @@ def test_segments_stand_alone_and_continue(
     server: Server, media: MediaLibrary, tmp_path: Path, name: str, fmt: str
 ) -> None:
     ffmpeg = require("ffmpeg", FFMPEG_HINT)
-    source = packets(str(media.good(name)))["video"]
+    source = packets_by_type(str(media.good(name)))["video"]
     segments = _fetch_segments(server.base, f"{name}.mp4", fmt, tmp_path)
     assert len(segments) > 1
     seen: list[dict[str, Any]] = []
@@ -124,7 +107,7 @@ def test_segments_stand_alone_and_continue(
         )
         assert decode.returncode == 0, decode.stderr
         assert decode.stderr == "", f"{path.name} does not decode on its own:\n{decode.stderr}"
-        video = packets(str(path))["video"]
+        video = packets_by_type(str(path))["video"]
         assert video, f"{path.name} has no video"
         assert "K" in video[0]["flags"], f"{path.name} does not start with a keyframe"
         if seen:
@@ -166,7 +149,7 @@ def test_iframe_ranges_hold_one_keyframe(
         assert ranged.status_code == 206
         path = tmp_path / f"iframe.{fmt}"
         path.write_bytes(header + ranged.content)
-        video = packets(str(path))["video"]
+        video = packets_by_type(str(path))["video"]
         assert len(video) >= 1
         assert "K" in video[0]["flags"]
 

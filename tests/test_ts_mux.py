@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from packager.samples import SampleSource, segment_ranges
 from packager.segmenter import SegmenterConfig, SegmentPlan, plan
 from packager.synth import SynthSpec, write
 from tests.conftest import require
+from tests.probe import ffprobe
 
 # name: (spec, segment target in seconds)
 SPECS: dict[str, tuple[SynthSpec, float]] = {
@@ -155,15 +155,8 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False)
 
 
-def ffprobe_json(*args: str | Path) -> dict[str, Any]:
-    result = run("ffprobe", "-v", "error", "-of", "json", *args)
-    assert result.returncode == 0, result.stderr
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
-
-
 def video_frames(path: Path) -> list[dict[str, Any]]:
-    probe = ffprobe_json("-select_streams", "v", "-show_frames", "-show_entries",
+    probe = ffprobe("-select_streams", "v", "-show_frames", "-show_entries",
                          "frame=key_frame,pict_type", path)  # fmt: skip
     frames: list[dict[str, Any]] = probe.get("frames", [])
     return frames
@@ -303,7 +296,7 @@ def test_each_segment_decodes_alone_from_a_keyframe(packaged: Packaged, ffmpeg: 
     for k in range(packaged.plan.count):
         path = packaged.segment_file(k)
         if packaged.index.video is None:
-            probe = ffprobe_json("-count_frames", "-show_streams", path)
+            probe = ffprobe("-count_frames", "-show_streams", path)
             assert int(probe["streams"][0]["nb_read_frames"]) > 0
             continue
         frames = video_frames(path)
@@ -313,7 +306,7 @@ def test_each_segment_decodes_alone_from_a_keyframe(packaged: Packaged, ffmpeg: 
 
 @pytest.mark.player
 def test_timestamps_are_the_source_shifted_and_continuous(packaged: Packaged, ffmpeg: None) -> None:
-    probe = ffprobe_json("-show_packets", "-show_entries", "packet=codec_type,pts,dts",
+    probe = ffprobe("-show_packets", "-show_entries", "packet=codec_type,pts,dts",
                          packaged.joined)  # fmt: skip
     found: dict[str, list[dict[str, Any]]] = {"video": [], "audio": []}
     for packet in probe["packets"]:
