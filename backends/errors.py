@@ -36,3 +36,10 @@ class StorageUnavailable(ClipSyncError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SourceChanged(StorageUnavailable):
+    """The file was replaced between planning a read and doing it; a retry sees the new file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} changed while being read; retry", retry_after=1)

@@ -25,12 +25,11 @@ from backends.errors import BadMedia, MediaNotFound, MisalignedLadder
 from backends.storage import ObjectInfo, Storage
 from conf.settings import Settings
 from gateway.urls import SINGLE_RENDITION, is_rendition_name
-from packager import playlists
+from packager import playlists, reader
 from packager.index import I64, INDEX_VERSION, MediaIndex
 from packager.mp4 import read_index
 from packager.mux import TIMELINE_OFFSET_SECONDS, SegmentBody, fmp4, ts
 from packager.playlists import Format
-from packager.samples import SampleSource, segment_ranges
 from packager.segmenter import SegmenterConfig, SegmentPlan, plan
 
 MEDIA_EXTENSIONS = (".mp4", ".m4v", ".mov")
@@ -191,13 +190,12 @@ class Library:
     async def segment(self, rendition: Rendition, number: int, fmt: Format) -> SegmentBody:
         k = rendition.plan.check(number)
         gap = self.settings.vod.read_coalesce_gap
-        ranges = segment_ranges(rendition.index, rendition.plan, k, gap)
-        buffers = await self.storage.read_ranges(rendition.info.path, ranges)
-        source = SampleSource(ranges, buffers)
+        index, segment_plan, info = rendition.index, rendition.plan, rendition.info
         if fmt == "fmp4":
-            return fmp4.write_segment(rendition.index, rendition.plan, k, source)
+            return await reader.fmp4_segment(self.storage, info, index, segment_plan, k, gap)
+        source = await reader.samples(self.storage, info, index, segment_plan, k, gap)
         # TS does per-packet work: keep it off the event loop.
-        return await self.runner.run(ts.write_segment, rendition.index, rendition.plan, k, source)
+        return await self.runner.run(ts.write_segment, index, segment_plan, k, source)
 
     def cached_playlist(self, key: Hashable) -> Any:
         return self.cache.get(key)

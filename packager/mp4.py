@@ -41,12 +41,13 @@ def _plausible(kind: bytes) -> bool:
 
 
 async def locate_moov(
-    storage: Storage, path: str, size: int, max_moov: int = 1 << 40
+    storage: Storage, info: ObjectInfo, max_moov: int = 1 << 40
 ) -> tuple[bytes, str]:
     """Return (moov box bytes, major brand). Raises BadMedia with what is wrong."""
+    path, size, etag = info.path, info.size, info.etag
     if size < 16:
         raise BadMedia(f"not an MP4 file: only {size} bytes")
-    window = _Window(await storage.read_range(path, 0, min(size, HEAD_BYTES)), 0)
+    window = _Window(await storage.read_range(path, 0, min(size, HEAD_BYTES), etag), 0)
     pos = 0
     brand = ""
     for number in range(_MAX_TOP_LEVEL_BOXES):
@@ -55,7 +56,7 @@ async def locate_moov(
         if size - pos < 8:
             break  # trailing padding after the last box: tolerated
         if not window.has(pos, 16) and not window.has(pos, size - pos):
-            window = _Window(await storage.read_range(path, pos, min(size, pos + 16)), pos)
+            window = _Window(await storage.read_range(path, pos, min(size, pos + 16), etag), pos)
         header = window.slice(pos, 16)
         box_size, kind_raw = struct.unpack_from(">I4s", header)
         kind = kind_raw.decode("latin-1")
@@ -89,7 +90,7 @@ async def locate_moov(
                 )
             if window.has(pos, box_size):
                 return window.slice(pos, box_size), brand
-            return await storage.read_range(path, pos, pos + box_size), brand
+            return await storage.read_range(path, pos, pos + box_size, etag), brand
         pos += box_size
     raise BadMedia("not a playable MP4: no moov box (truncated upload or not an MP4)")
 
@@ -97,5 +98,5 @@ async def locate_moov(
 async def read_index(
     storage: Storage, info: ObjectInfo, runner: BlockingRunner, max_moov: int
 ) -> MediaIndex:
-    moov, brand = await locate_moov(storage, info.path, info.size, max_moov)
+    moov, brand = await locate_moov(storage, info, max_moov)
     return await runner.run(parse_moov, moov, info.size, brand)

@@ -130,3 +130,35 @@ class SampleSource:
         views = self._views
         lows, highs = (starts - bases).tolist(), (ends - bases).tolist()
         return [views[i][lo:hi] for i, lo, hi in zip(which.tolist(), lows, highs, strict=True)]
+
+
+def scatter_reads(
+    starts: I64, ends: I64, targets: I64, gap: int, out: memoryview
+) -> list[tuple[int, list[memoryview]]]:
+    """Reads that put each run of bytes [starts[i], ends[i]) of the file at ``out[targets[i]:]``.
+
+    Runs are grouped into as few reads as the gap allows; the bytes between runs of one read go
+    to a scratch buffer. Overlapping runs (a hostile index may alias samples) start a new read.
+    The grouping is vectorised; the loop left only slices buffers (hundreds per segment).
+    """
+    if starts.shape[0] == 0:
+        return []
+    order = np.argsort(starts, kind="stable")
+    starts, ends, targets = starts[order], ends[order], targets[order]
+    holes = starts - np.concatenate((starts[:1], ends[:-1]))
+    new_read = (holes < 0) | (holes > gap)
+    new_read[0] = True
+    scratch = memoryview(bytearray(int(holes[~new_read].max(initial=0))))
+    reads: list[tuple[int, list[memoryview]]] = []
+    buffers: list[memoryview] = []
+    lengths = (ends - starts).tolist()
+    for start, length, target, hole, new in zip(
+        starts.tolist(), lengths, targets.tolist(), holes.tolist(), new_read.tolist(), strict=True
+    ):
+        if new:
+            buffers = []
+            reads.append((start, buffers))
+        elif hole:
+            buffers.append(scratch[:hole])
+        buffers.append(out[target : target + length])
+    return reads

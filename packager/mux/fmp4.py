@@ -10,6 +10,7 @@ reading its samples, and its size is known before any byte is read.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
@@ -157,23 +158,53 @@ def _fragment(sequence: int, pieces: list[TrackSlice]) -> tuple[bytes, int]:
     return moof + struct.pack(">I4s", 8 + payload, b"mdat"), payload
 
 
+class Layout(NamedTuple):
+    """Where every byte of a segment goes: moof headers, and each run of sample bytes."""
+
+    size: int
+    headers: list[tuple[int, int, bytes]]  # (fragment, position, moof + mdat header)
+    starts: I64  # file offsets of the sample runs
+    ends: I64
+    targets: I64  # position of each run in the segment
+
+
+def layout(index: MediaIndex, plan: SegmentPlan, segment: int) -> Layout:
+    headers = []
+    starts, ends, targets = [], [], []
+    pos = 0
+    for fragment in plan.fragments(segment):
+        pieces = [p for p in fragment_slices(index, plan, fragment) if p.count]
+        header, _ = _fragment(fragment + 1, pieces)
+        headers.append((fragment, pos, header))
+        pos += len(header)
+        for piece in pieces:
+            first, last = piece.runs()
+            lengths = last - first
+            starts.append(first)
+            ends.append(last)
+            targets.append(pos + np.cumsum(lengths) - lengths)
+            pos += int(lengths.sum())
+    empty = np.zeros(0, dtype=np.int64)
+
+    def joined(arrays: list[I64]) -> I64:
+        return np.concatenate(arrays) if arrays else empty
+
+    return Layout(pos, headers, joined(starts), joined(ends), joined(targets))
+
+
 def write_segment(
     index: MediaIndex, plan: SegmentPlan, segment: int, source: SampleSource
 ) -> SegmentBody:
-    """The whole segment as one buffer: moof headers and views of the sample bytes, joined once
-    (cheaper than filling a preallocated buffer run by run)."""
-    parts: list[bytes | memoryview] = []
-    size = 0
-    for fragment in plan.fragments(segment):
-        pieces = [p for p in fragment_slices(index, plan, fragment) if p.count]
-        header, payload = _fragment(fragment + 1, pieces)
-        parts.append(header)
-        for piece in pieces:
-            parts.extend(source.views(*piece.runs()))
-        size += len(header) + payload
-    data = b"".join(parts)
-    assert len(data) == size, "segment size arithmetic and writer disagree"
-    return SegmentBody([data], size)
+    """The segment from sample bytes already read (``packager.reader`` reads straight into place
+    instead, which saves a copy on the hot path)."""
+    plan_ = layout(index, plan, segment)
+    out = bytearray(plan_.size)
+    for _, pos, header in plan_.headers:
+        out[pos : pos + len(header)] = header
+    views = source.views(plan_.starts, plan_.ends)
+    for view, pos in zip(views, plan_.targets.tolist(), strict=True):
+        out[pos : pos + len(view)] = view
+    return SegmentBody([out], plan_.size)
 
 
 def segment_sizes(index: MediaIndex, plan: SegmentPlan) -> I64:
@@ -197,13 +228,10 @@ def segment_sizes(index: MediaIndex, plan: SegmentPlan) -> I64:
 def iframe_ranges(index: MediaIndex, plan: SegmentPlan, segment: int) -> list[tuple[int, int, int]]:
     """(fragment, byte offset in the segment, length) covering each fragment's moof through the
     end of its keyframe: what an I-frame playlist's BYTERANGE points at."""
-    out = []
-    pos = 0
-    for fragment in plan.fragments(segment):
-        pieces = [p for p in fragment_slices(index, plan, fragment) if p.count]
-        moof_size = _moof_size(pieces)
-        video = pieces[0]
-        keyframe = int(video.track.size[video.first])
-        out.append((fragment, pos, moof_size + 8 + keyframe))
-        pos += moof_size + 8 + sum(p.nbytes for p in pieces)
-    return out
+    video = index.video
+    if video is None or plan.video is None:
+        return []
+    return [
+        (fragment, pos, len(header) + int(video.size[plan.video[fragment]]))
+        for fragment, pos, header in layout(index, plan, segment).headers
+    ]
