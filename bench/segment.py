@@ -261,7 +261,8 @@ def machine() -> str:
 
     return (
         f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-        f"granian {granian.__version__}; {version(['nginx', '-v'])}; {version(['wrk', '-v'])}"
+        f"granian {granian.__version__}; {version(['nginx', '-v'])}; "
+        f"{' '.join(version(['wrk', '-v']).split()[:2])}"
     )
 
 

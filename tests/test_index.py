@@ -11,6 +11,8 @@ import pytest
 from backends.blocking import BlockingRunner
 from backends.errors import BadMedia, UnsupportedMedia
 from backends.storage import open_storage
+from packager import boxes
+from packager.boxes import box, full_box
 from packager.index import INDEX_VERSION, MediaIndex, Track
 from packager.mp4 import HEAD_BYTES, read_index
 from tests.media import CORRUPT, GOOD, MediaLibrary
@@ -136,3 +138,37 @@ async def test_corrupt_files_explain_themselves(media: MediaLibrary, kind: str) 
 async def test_unsupported_codec(media: MediaLibrary) -> None:
     with pytest.raises(UnsupportedMedia, match="mp4v"):
         await index_of(media.unsupported_codec())
+
+
+def _stz2(field_size: int, sizes: list[int]) -> bytes:
+    if field_size == 4:
+        padded = sizes + [0] * (len(sizes) % 2)
+        table = bytes((padded[i] << 4) | padded[i + 1] for i in range(0, len(padded), 2))
+    else:
+        table = b"".join(s.to_bytes(field_size // 8, "big") for s in sizes)
+    return full_box(
+        b"stz2", 0, 0, bytes(3), bytes([field_size]), len(sizes).to_bytes(4, "big"), table
+    )
+
+
+@pytest.mark.parametrize(
+    ("field_size", "sizes"), [(4, [1, 15, 7]), (8, [200, 3, 255, 9]), (16, [65535, 1])]
+)
+def test_compact_sample_sizes(field_size: int, sizes: list[int]) -> None:
+    from packager import moov as moov_module
+
+    stbl = box(b"stbl", _stz2(field_size, sizes))
+    ctx = moov_module._Ctx(stbl, file_size=10**6, movie_timescale=1000)
+    parsed = moov_module._sizes(ctx, boxes.parse_header(stbl, 0, len(stbl)))
+    assert parsed.tolist() == sizes
+
+
+def test_stz2_with_bad_field_size_is_bad_media() -> None:
+    from packager import moov as moov_module
+
+    stbl = box(
+        b"stbl", full_box(b"stz2", 0, 0, bytes(3), bytes([12]), (2).to_bytes(4, "big"), bytes(3))
+    )
+    ctx = moov_module._Ctx(stbl, file_size=10**6, movie_timescale=1000)
+    with pytest.raises(BadMedia, match="stz2"):
+        moov_module._sizes(ctx, boxes.parse_header(stbl, 0, len(stbl)))

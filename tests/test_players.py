@@ -5,6 +5,7 @@ The gateway runs in granian on 127.0.0.1 (``clipsync serve``), exactly as operat
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from pathlib import Path
@@ -240,3 +241,56 @@ def test_hlsjs_plays_the_demo_to_the_end(demo_server: Server, master: str) -> No
     finally:
         browser.close()
         playwright.stop()
+
+
+def test_bad_requests_over_real_http_never_hurt_the_server(
+    server: Server, media: MediaLibrary
+) -> None:
+    """A burst of hostile requests, mixed with good ones, against granian: each gets its 4xx,
+    none a 500, the good ones are served meanwhile, and the server is still up afterwards."""
+    from tests.media import CORRUPT
+
+    good = "h264_30fps_bframes"
+    media.good(good)
+    for kind in CORRUPT:
+        media.corrupt(kind)
+    bad = [(f"/vod/bad/{kind}.mp4/main/seg-1.m4s", 422) for kind in CORRUPT]
+    bad += [
+        ("/vod/%2e%2e/%2e%2e/etc/passwd/master.m3u8", 404),
+        ("/vod/missing.mp4/master.m3u8", 404),
+        (f"/vod/{good}.mp4/main/seg-99.m4s", 404),
+        (f"/vod/{good}.mp4/main/seg-0.ts", 404),
+    ]
+
+    async def burst() -> list[tuple[str, int, int]]:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+            requests = [(path, want, http.get(path)) for path, want in bad * 5]
+            requests += [
+                (
+                    f"/vod/{good}.mp4/main/seg-{n}.m4s",
+                    200,
+                    http.get(f"/vod/{good}.mp4/main/seg-{n}.m4s"),
+                )
+                for n in (1, 2, 3)
+                for _ in range(5)
+            ]
+            requests.append(
+                (
+                    f"/vod/{good}.mp4/main/seg-1.m4s",
+                    416,
+                    http.get(
+                        f"/vod/{good}.mp4/main/seg-1.m4s", headers={"range": "bytes=99999999-"}
+                    ),
+                )
+            )
+            replies = await asyncio.gather(*(r for _, _, r in requests))
+            return [
+                (path, want, reply.status_code)
+                for (path, want, _), reply in zip(requests, replies, strict=True)
+            ]
+
+    results = asyncio.run(burst())
+    wrong = [(path, want, got) for path, want, got in results if want != got]
+    assert wrong == []
+    assert server.process.poll() is None
+    assert httpx.get(f"{server.base}/healthz").status_code == 200
