@@ -16,8 +16,6 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    builds: int = 0
-    coalesced: int = 0
 
 
 class ByteBudgetLRU(Generic[V]):

@@ -35,12 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.blocking import BlockingRunner
 from backends.storage import Storage, open_storage
+from conf import Settings
+from conf.settings import StorageSettings
 from packager import reader
 from packager.index import MediaIndex
 from packager.mp4 import read_index
 from packager.mux import ts
 from packager.segmenter import SegmenterConfig, SegmentPlan, plan
 from packager.synth import SynthSpec, write
+from tests.serving import free_port, run_server, stop_server
 
 OUT = Path(__file__).resolve().parent / "out"
 FIXTURE = SynthSpec(
@@ -164,14 +167,6 @@ def wrk(
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
     import urllib.request
 
@@ -211,24 +206,6 @@ http {{
     )
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     return subprocess.Popen([binary, "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL)
-
-
-def start_gateway(port: int, library: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSYNC_")}
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--library",
-        str(library),
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    handle = log.open("wb")
-    return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -326,12 +303,14 @@ def main() -> None:
         static = work / "static"
         paths = write_static(results, storage, static)
         segment_mb = statistics.mean((static / p.lstrip("/")).stat().st_size for p in paths) / 1e6
-        nginx_port, gateway_port = free_port(), free_port()
+        nginx_port = free_port()
         nginx = start_nginx(static, nginx_port, work)
-        gateway = start_gateway(gateway_port, source.parent, work / "gateway.log")
+        # The gateway exactly as the tests run it: clipsync serve, one granian worker.
+        settings = Settings(storage=StorageSettings(library=str(source.parent)))
+        gateway = run_server(settings, work / "gateway.log")
+        gateway_port = int(gateway.base.rsplit(":", 1)[1])
         try:
             wait_for(f"http://127.0.0.1:{nginx_port}{paths[0]}", nginx)
-            wait_for(f"http://127.0.0.1:{gateway_port}{paths[0]}", gateway)
             # Warm both: page cache for nginx, index cache for the gateway.
             wrk(f"http://127.0.0.1:{gateway_port}", paths, 2, args.connections, work)
             wrk(f"http://127.0.0.1:{nginx_port}", paths, 2, args.connections, work)
@@ -343,7 +322,7 @@ def main() -> None:
                     base = f"http://127.0.0.1:{port}"
                     trials[key].append(wrk(base, paths, args.seconds, args.connections, work))
         finally:
-            stop(gateway)
+            stop_server(gateway)
             stop(nginx)
     median = {k: sorted(v, key=lambda r: r["rps"])[len(v) // 2] for k, v in trials.items()}
     failed = {k: sum(r["errors"] + r["non2xx"] for r in v) for k, v in trials.items()}

@@ -13,8 +13,7 @@ import httpx
 import m3u8
 import pytest
 
-from gateway.app import create_app
-from tests.conftest import settings_for
+from tests.conftest import app_client
 from tests.media import CORRUPT, MediaLibrary
 
 pytestmark = pytest.mark.anyio
@@ -101,9 +100,7 @@ async def test_media_playlist(
 
 async def test_default_format_is_configurable(media: MediaLibrary) -> None:
     media.good(MEDIA)
-    app = create_app(settings_for(media.root, segment_format="ts"))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+    async with app_client(media.root, segment_format="ts") as (http, _):
         text = (await http.get(url(MEDIA, "main/index.m3u8"))).text
     assert "seg-1.ts" in text
     assert "EXT-X-MAP" not in text
@@ -173,15 +170,11 @@ async def test_etag_changes_with_settings_and_source(media: MediaLibrary, tmp_pa
     shutil.copy(media.good(MEDIA), root / "a.mp4")
     tags = []
     for target in (6.0, 4.0):
-        app = create_app(settings_for(root, target_duration=target))
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t"
-        ) as h:
+        async with app_client(root, target_duration=target) as (h, _):
             tags.append((await h.head("/vod/a.mp4/main/seg-1.m4s")).headers["etag"])
     assert tags[0] != tags[1]
 
-    app = create_app(settings_for(root))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+    async with app_client(root) as (h, _):
         before = await h.get("/vod/a.mp4/main/index.m3u8")
         # The operator replaces the file: the next request sees the new content, not a stale index.
         shutil.copy(media.good("h264_2997fps"), root / "a.mp4")
@@ -341,8 +334,7 @@ async def test_traversal_never_touches_outside_files(media: MediaLibrary, tmp_pa
     outside = tmp_path / "secret.mp4"
     shutil.copy(media.good(MEDIA), outside)
     (root / "link.mp4").symlink_to(outside)
-    app = create_app(settings_for(root))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+    async with app_client(root) as (h, app):
         for path in (
             "/vod/../secret.mp4/master.m3u8",
             "/vod/link.mp4/master.m3u8",
@@ -354,8 +346,7 @@ async def test_traversal_never_touches_outside_files(media: MediaLibrary, tmp_pa
 
 async def test_concurrent_cold_requests_build_once(media: MediaLibrary) -> None:
     media.good(MEDIA)
-    app = create_app(settings_for(media.root))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+    async with app_client(media.root) as (h, app):
         replies = await asyncio.gather(*(h.get(url(MEDIA, "main/seg-2.m4s")) for _ in range(50)))
     assert {r.status_code for r in replies} == {200}
     assert len({r.content for r in replies}) == 1
@@ -365,8 +356,7 @@ async def test_concurrent_cold_requests_build_once(media: MediaLibrary) -> None:
 async def test_bad_file_does_not_hold_up_good_ones(media: MediaLibrary) -> None:
     media.good(MEDIA)
     media.corrupt("stts_overflow")
-    app = create_app(settings_for(media.root))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+    async with app_client(media.root) as (h, app):
         bad = [h.get("/vod/bad/stts_overflow.mp4/master.m3u8") for _ in range(20)]
         good = [h.get(url(MEDIA, "main/seg-1.m4s")) for _ in range(20)]
         replies = await asyncio.gather(*bad, *good)

@@ -79,6 +79,18 @@ def iframes_url(name: str, fmt: str) -> str:
     return f"{asset(name)}/main/iframes-{fmt}.m3u8"
 
 
+def assert_vod(text: str, pl: m3u8.M3U8) -> None:
+    """What every VOD media (and I-frame) playlist we serve must say."""
+    assert pl.playlist_type == "vod"
+    assert pl.is_endlist
+    assert text.rstrip().endswith("#EXT-X-ENDLIST")
+    assert pl.media_sequence == 1
+    assert pl.is_independent_segments
+    # Removed from the protocol: players may choke on them.
+    assert "EXT-X-ALLOW-CACHE" not in text
+    assert "PROGRAM-ID" not in text
+
+
 def within(declared: float, measured: float, tolerance: float = 0.10) -> bool:
     return abs(declared - measured) <= tolerance * measured
 
@@ -107,19 +119,13 @@ async def test_media_playlist_rules(
         assert pl.target_duration == 6
     else:
         assert pl.target_duration >= round_half_up(longest_gop)
-    assert pl.playlist_type == "vod"
-    assert pl.is_endlist
-    assert text.rstrip().endswith("#EXT-X-ENDLIST")
-    assert pl.media_sequence == 1
-    assert pl.is_independent_segments
+    assert_vod(text, pl)
     if fmt == "fmp4":
         assert [m.uri for m in pl.segment_map] == ["init.mp4"]
     else:
         assert not pl.segment_map
     ext = "m4s" if fmt == "fmp4" else "ts"
     assert [s.uri for s in pl.segments] == [f"seg-{n}.{ext}" for n in range(1, len(durations) + 1)]
-    assert "EXT-X-ALLOW-CACHE" not in text
-    assert "PROGRAM-ID" not in text
 
 
 @pytest.mark.anyio
@@ -148,9 +154,7 @@ async def test_iframe_playlist_rules(
     assert pl.is_i_frames_only
     assert pl.version == required_version(text) == 5
     assert all(round_half_up(ms) <= pl.target_duration for ms in durations)
-    assert pl.playlist_type == "vod"
-    assert pl.is_endlist
-    assert pl.media_sequence == 1
+    assert_vod(text, pl)
     assert all(s.byterange for s in pl.segments)
     # Each I-frame lasts until the next one: together they cover the whole presentation.
     assert sum(durations) == sum(extinf_ms(media_text))
@@ -160,8 +164,6 @@ async def test_iframe_playlist_rules(
         assert init.byterange is None
     else:
         assert (init.uri, init.byterange) == ("seg-1.ts", "376@0")
-    assert "EXT-X-ALLOW-CACHE" not in text
-    assert "PROGRAM-ID" not in text
 
 
 @pytest.mark.anyio
