@@ -1,9 +1,13 @@
-"""Which bytes of the source a segment needs, and views into them once read.
+"""Which bytes of the source a segment needs, and how they are read.
 
-A segment's samples are a few hundred byte ranges, usually adjacent in the file because the
-source interleaves audio and video chunks. ``read_ranges`` merges them into the fewest reads
-(ranges closer than ``gap`` bytes are read as one); ``SampleSource`` then hands out zero-copy
-views of each sample or run of samples.
+A segment's samples are a few hundred byte runs, usually close together because the source
+interleaves audio and video chunks. Two ways to read them, both in as few requests as the gap
+allows (runs closer than ``gap`` bytes are read as one):
+
+* ``scatter_reads`` plans reads that drop every run straight into its place in the output
+  (fMP4: the segment is the sample bytes in a new order plus small headers);
+* ``segment_ranges`` + ``SampleSource`` read the covering ranges as buffers and hand out
+  zero-copy views of each sample (TS, which rewrites every sample).
 """
 
 from __future__ import annotations
