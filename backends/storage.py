@@ -11,7 +11,7 @@ import os
 import posixpath
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -205,35 +205,40 @@ def _advance(buffers: Sequence[memoryview], count: int) -> list[memoryview]:
     return rest
 
 
-def _read_cached(fd: int, reads: Sequence[ScatterRead]) -> list[ScatterRead]:
-    """Fill what the page cache can without blocking; return the reads still to do."""
+def _batches(
+    reads: Sequence[ScatterRead],
+) -> Iterator[tuple[int, int, int, Sequence[memoryview], int]]:
+    """(read number, first buffer, file offset, buffers, bytes) per preadv call: at most
+    IOV_MAX buffers each."""
     for i, (offset, buffers) in enumerate(reads):
         for first in range(0, len(buffers), _IOV_MAX):
             batch = buffers[first : first + _IOV_MAX]
             wanted = sum(len(b) for b in batch)
-            try:
-                got = os.preadv(fd, batch, offset, _NOWAIT) if _NOWAIT else 0
-            except BlockingIOError:
-                got = 0
-            except OSError as exc:  # the filesystem does not do RWF_NOWAIT
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                got = 0
-            if got < wanted:
-                return [(offset + got, _advance(buffers[first:], got)), *reads[i + 1 :]]
+            yield i, first, offset, batch, wanted
             offset += wanted
+
+
+def _read_cached(fd: int, reads: Sequence[ScatterRead]) -> list[ScatterRead]:
+    """Fill what the page cache can without blocking; return the reads still to do."""
+    for i, first, offset, batch, wanted in _batches(reads):
+        try:
+            got = os.preadv(fd, batch, offset, _NOWAIT) if _NOWAIT else 0
+        except BlockingIOError:
+            got = 0
+        except OSError as exc:  # the filesystem does not do RWF_NOWAIT
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            got = 0
+        if got < wanted:
+            return [(offset + got, _advance(reads[i][1][first:], got)), *reads[i + 1 :]]
     return []
 
 
 def _read_blocking(fd: int, reads: Sequence[ScatterRead], path: str) -> None:
-    for offset, buffers in reads:
-        for first in range(0, len(buffers), _IOV_MAX):
-            batch = buffers[first : first + _IOV_MAX]
-            wanted = sum(len(b) for b in batch)
-            got = os.preadv(fd, batch, offset)
-            if got != wanted:
-                raise _short_read(path, offset, wanted, got)
-            offset += wanted
+    for _, _, offset, batch, wanted in _batches(reads):
+        got = os.preadv(fd, batch, offset)
+        if got != wanted:
+            raise _short_read(path, offset, wanted, got)
 
 
 def _local_etag(st: os.stat_result) -> str:

@@ -23,9 +23,7 @@ async def fmp4_segment(
 ) -> SegmentBody:
     """The fMP4 segment, each sample read once from storage into its final position."""
     where = fmp4.layout(index, plan, segment)
-    out = bytearray(where.size)
-    for _, pos, header in where.headers:
-        out[pos : pos + len(header)] = header
+    out = fmp4.prepared(where)
     reads = scatter_reads(where.starts, where.ends, where.targets, gap, memoryview(out))
     await storage.read_into(info.path, reads, info.etag)
     return SegmentBody([out], where.size)

@@ -192,19 +192,25 @@ def layout(index: MediaIndex, plan: SegmentPlan, segment: int) -> Layout:
     return Layout(pos, headers, joined(starts), joined(ends), joined(targets))
 
 
+def prepared(where: Layout) -> bytearray:
+    """The segment's buffer with every moof/mdat header in place, sample bytes still to come."""
+    out = bytearray(where.size)
+    for _, pos, header in where.headers:
+        out[pos : pos + len(header)] = header
+    return out
+
+
 def write_segment(
     index: MediaIndex, plan: SegmentPlan, segment: int, source: SampleSource
 ) -> SegmentBody:
     """The segment from sample bytes already read (``packager.reader`` reads straight into place
     instead, which saves a copy on the hot path)."""
-    plan_ = layout(index, plan, segment)
-    out = bytearray(plan_.size)
-    for _, pos, header in plan_.headers:
-        out[pos : pos + len(header)] = header
-    views = source.views(plan_.starts, plan_.ends)
-    for view, pos in zip(views, plan_.targets.tolist(), strict=True):
+    where = layout(index, plan, segment)
+    out = prepared(where)
+    views = source.views(where.starts, where.ends)
+    for view, pos in zip(views, where.targets.tolist(), strict=True):
         out[pos : pos + len(view)] = view
-    return SegmentBody([out], plan_.size)
+    return SegmentBody([out], where.size)
 
 
 def segment_sizes(index: MediaIndex, plan: SegmentPlan) -> I64:
