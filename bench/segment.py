@@ -255,7 +255,7 @@ def main() -> None:
 
     source = fixture()
     runner = BlockingRunner(4)
-    storage = open_storage(str(source.parent), runner)
+    storage = open_storage(StorageSettings(library=str(source.parent)), runner)
 
     async def measure() -> tuple[float, float, int, dict[str, object]]:
         from tests.moovgen import write_big_moov

@@ -33,9 +33,64 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
+Secret = Annotated[str, Meta(max_length=8192)]
+
+
 class StorageSettings(_Section, frozen=True):
-    # A folder path or a storage URL (file://, memory://).
+    # A folder path or a storage URL: file://, memory://, az:// or abfs:// (container/prefix,
+    # or container@account.dfs.core.windows.net/prefix), s3://bucket/prefix, http(s)://.
     library: Annotated[str, Meta(min_length=1)] = "./data"
+    # Remote stores. A client request waits at most `deadline` seconds on storage in all; one
+    # storage call at most `attempt_timeout`; transient failures are retried up to `retries`
+    # more times, waiting a random part of min(retry_max_delay, retry_base_delay * 2^n).
+    deadline: Annotated[float, Meta(gt=0.0, le=300.0)] = 10.0
+    attempt_timeout: Annotated[float, Meta(gt=0.0, le=300.0)] = 4.0
+    retries: Annotated[int, Meta(ge=0, le=10)] = 3
+    retry_base_delay: Annotated[float, Meta(ge=0.0, le=10.0)] = 0.05
+    retry_max_delay: Annotated[float, Meta(ge=0.0, le=60.0)] = 1.0
+    # Ranged requests in flight per segment read, and the largest one (bigger ranges are split).
+    read_concurrency: Annotated[int, Meta(ge=1, le=64)] = 8
+    max_read_mb: Annotated[float, Meta(ge=0.0625, le=256.0)] = 8.0
+    # Segment requests may reuse a stat answer this old (playlists always ask the store).
+    stat_max_age: Annotated[float, Meta(ge=0.0, le=3600.0)] = 2.0
+    # Upload parts / staged blocks; also bounds an upload's memory (about two parts).
+    write_block_mb: Annotated[float, Meta(ge=5.0, le=512.0)] = 8.0
+    write_timeout: Annotated[float, Meta(gt=0.0, le=3600.0)] = 120.0
+    # Azure Blob: the first credential given wins, in this order; none: DefaultAzureCredential
+    # if azure_default_credential, else anonymous access to a public container.
+    azure_connection_string: Secret = ""
+    azure_account_name: str = ""
+    azure_account_key: Secret = ""
+    azure_sas_token: Secret = ""
+    azure_default_credential: bool = False
+    # S3: keys (none: the usual AWS chain — environment, profile, instance role), region and
+    # endpoint for S3-compatible stores (MinIO, R2, ...), or anonymous for public buckets.
+    s3_key: Secret = ""
+    s3_secret: Secret = ""
+    s3_session_token: Secret = ""
+    s3_region: str = ""
+    s3_endpoint_url: str = ""
+    s3_anonymous: bool = False
+
+    def __repr__(self) -> str:
+        # Settings objects end up in tracebacks and debug logs: never with their secrets.
+        shown = {
+            name: "***" if name in SECRET_FIELDS and getattr(self, name) else getattr(self, name)
+            for name in self.__struct_fields__
+        }
+        return f"StorageSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+SECRET_FIELDS = frozenset(
+    {
+        "azure_connection_string",
+        "azure_account_key",
+        "azure_sas_token",
+        "s3_key",
+        "s3_secret",
+        "s3_session_token",
+    }
+)
 
 
 class VodSettings(_Section, frozen=True):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,7 +27,7 @@ log = logging.getLogger("clipsync.gateway")
 def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
     runner = BlockingRunner(settings.server.blocking_threads)
     if storage is None:
-        storage = open_storage(settings.storage.library, runner)
+        storage = open_storage(settings.storage, runner)
     library = Library(settings, storage, runner)
     vod = VodRoutes(library)
     routes = [
@@ -40,7 +42,15 @@ def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
         HTTPException: errors.handle_http,
         Exception: errors.handle_unexpected,
     }
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await storage.close()  # remote stores hold connection pools
+
+    app = Starlette(
+        routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
+    )
     app.state.library = library
     return app
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from backends.blocking import BlockingRunner
 from backends.errors import ClipSyncError
-from backends.storage import open_storage
+from backends.storage import display_url, open_storage
 from conf import Settings, SettingsError, load
 from conf.settings import export
 
@@ -93,13 +93,14 @@ def _serve(settings: Settings) -> None:
     from granian.constants import Interfaces
 
     try:
-        open_storage(settings.storage.library, BlockingRunner(1))
+        open_storage(settings.storage, BlockingRunner(1))
     except (ClipSyncError, ValueError) as exc:
         raise SettingsError(f"storage.library: {exc}") from None
     export(settings)  # granian workers load these exact settings
     server = settings.server
     base = f"http://{server.host}:{server.port}"
-    print(f"ClipSync Edge serving {settings.storage.library} on {base}", flush=True)
+    library = display_url(settings.storage.library)
+    print(f"ClipSync Edge serving {library} on {base}", flush=True)
     Granian(
         "gateway.app:factory",
         factory=True,

@@ -118,22 +118,25 @@ class Library:
 
     # Resolution ---------------------------------------------------------------------------
 
-    async def _stat_rendition(self, asset: str, name: str) -> ObjectInfo:
+    async def _stat_rendition(self, asset: str, name: str, max_age: float) -> ObjectInfo:
         if name == SINGLE_RENDITION:
-            info = await self.storage.stat(asset)
+            info = await self.storage.stat(asset, max_age)
             if info.kind == "file":
                 return info
         for extension in MEDIA_EXTENSIONS:
             try:
-                info = await self.storage.stat(paths.join(asset, name + extension))
+                info = await self.storage.stat(paths.join(asset, name + extension), max_age)
             except MediaNotFound:
                 continue
             if info.kind == "file":
                 return info
         raise MediaNotFound(f"rendition {name!r} of {asset} not found")
 
-    async def rendition(self, asset: str, name: str) -> Rendition:
-        info = await self._stat_rendition(asset, name)
+    async def rendition(self, asset: str, name: str, fresh: bool = True) -> Rendition:
+        """``fresh``: ask the store for the file's version now (playlists); otherwise a stat
+        answer up to ``storage.stat_max_age`` old will do (init and media segments)."""
+        max_age = 0.0 if fresh else self.settings.storage.stat_max_age
+        info = await self._stat_rendition(asset, name, max_age)
         return await self._load(info)
 
     async def ladder(self, asset: str) -> list[tuple[str, Rendition]]:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from backends.errors import MediaNotFound
+from backends.storage import deadline_scope
 from gateway import responses, urls
 from gateway.library import Library, Rendition
 from gateway.responses import Playlist
@@ -36,13 +37,22 @@ class VodRoutes:
         self.playlist_cache = f"public, max-age={vod.playlist_max_age}"
         self.media_cache = responses.IMMUTABLE.format(age=vod.segment_max_age)
         self.gzip = vod.gzip_playlists
+        self.deadline = library.settings.storage.deadline
 
     async def handle(self, request: Request) -> Response:
+        # Everything this request asks of storage, retries included, ends by the deadline.
+        with deadline_scope(self.deadline):
+            return await self._handle(request)
+
+    async def _handle(self, request: Request) -> Response:
         req = urls.parse(request.path_params["path"])
         fmt: Format = req.format or self.default_format
         if req.kind == "master":
             return await self._master(request, req, fmt)
-        rendition = await self.library.rendition(req.asset, req.rendition)
+        # A playlist always checks the file's version; media requests may reuse a recent answer
+        # (a replaced file is still caught: reads are conditional on the version planned for).
+        playlist = req.kind in ("media", "iframes")
+        rendition = await self.library.rendition(req.asset, req.rendition, fresh=playlist)
         if req.kind == "media":
             return self._media_playlist(request, rendition, fmt)
         if req.kind == "iframes":

@@ -11,6 +11,7 @@ import pytest
 from backends.blocking import BlockingRunner
 from backends.errors import BadMedia, UnsupportedMedia
 from backends.storage import open_storage
+from conf.settings import StorageSettings
 from packager import boxes
 from packager.boxes import box, full_box
 from packager.index import INDEX_VERSION, MediaIndex, Track
@@ -20,7 +21,7 @@ from tests.moovgen import write_big_moov
 
 
 async def index_of(path: Path, max_moov: int = 1 << 30) -> MediaIndex:
-    storage = open_storage(str(path.parent), BlockingRunner(2))
+    storage = open_storage(StorageSettings(library=str(path.parent)), BlockingRunner(2))
     return await read_index(storage, await storage.stat(path.name), BlockingRunner(2), max_moov)
 
 

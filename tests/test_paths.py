@@ -11,7 +11,9 @@ import pytest
 from backends.blocking import BlockingRunner
 from backends.errors import MediaNotFound, SourceChanged
 from backends.paths import clean
-from backends.storage import _advance, open_storage
+from backends.storage import open_storage
+from backends.storage.local import _advance
+from conf.settings import StorageSettings
 from gateway.errors import status_of
 
 
@@ -59,7 +61,7 @@ async def test_symlink_out_of_root_is_not_found(tmp_path: Path) -> None:
     secret.write_bytes(b"secret")
     (root / "link.mp4").symlink_to(secret)
     (root / "inside.mp4").write_bytes(b"0123456789")
-    storage = open_storage(str(root), BlockingRunner(2))
+    storage = open_storage(StorageSettings(library=str(root)), BlockingRunner(2))
     with pytest.raises(MediaNotFound):
         await storage.stat("link.mp4")
     with pytest.raises(MediaNotFound):
@@ -73,7 +75,7 @@ async def test_memory_storage() -> None:
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/lib-test/dir/a.mp4", b"abcdef")
-    storage = open_storage("memory://lib-test", BlockingRunner(2))
+    storage = open_storage(StorageSettings(library="memory://lib-test"), BlockingRunner(2))
     info = await storage.stat("dir/a.mp4")
     assert (info.kind, info.size) == ("file", 6)
     assert await storage.read_range("dir/a.mp4", 1, 4) == b"bcd"
@@ -87,7 +89,7 @@ async def test_memory_storage() -> None:
 
 def test_missing_library_folder(tmp_path: Path) -> None:
     with pytest.raises(MediaNotFound, match="does not exist"):
-        open_storage(str(tmp_path / "nope"), BlockingRunner(1))
+        open_storage(StorageSettings(library=str(tmp_path / "nope")), BlockingRunner(1))
 
 
 @pytest.mark.anyio
@@ -95,7 +97,7 @@ async def test_read_of_a_replaced_file_fails_instead_of_mixing_versions(tmp_path
     root = tmp_path / "library"
     root.mkdir()
     (root / "a.mp4").write_bytes(b"version one " * 10)
-    storage = open_storage(str(root), BlockingRunner(2))
+    storage = open_storage(StorageSettings(library=str(root)), BlockingRunner(2))
     before = await storage.stat("a.mp4")
     assert await storage.read_range("a.mp4", 0, 7, before.etag) == b"version"
     replacement = root / ".a.mp4.new"
@@ -122,7 +124,7 @@ async def test_symlinked_folder_inside_the_root_is_followed(tmp_path: Path) -> N
     outside.mkdir()
     (outside / "b.mp4").write_bytes(b"secret")
     (root / "escape").symlink_to(outside)
-    storage = open_storage(str(root), BlockingRunner(2))
+    storage = open_storage(StorageSettings(library=str(root)), BlockingRunner(2))
     assert await storage.read_range("alias/a.mp4", 0, 6) == b"inside"
     with pytest.raises(MediaNotFound):
         await storage.stat("escape/b.mp4")
@@ -151,7 +153,7 @@ async def test_scatter_read_lands_every_byte_whether_cached_or_not(
     # Runs scattered out of order into one buffer, with a hole between two of them in the file.
     out = bytearray(6000 + 898_500 + 1_900_000)
     view = memoryview(out)
-    storage = open_storage(str(root), BlockingRunner(2))
+    storage = open_storage(StorageSettings(library=str(root)), BlockingRunner(2))
     info = await storage.stat("a.mp4")
     reads = [
         (1500, [view[6000 : 6000 + 898_500]]),
