@@ -48,7 +48,7 @@ class AzureStore:
         cls, root: str, options: dict[str, Any], default_credential: bool, seconds: float
     ) -> AzureStore:
         # Imported here: only deployments on Azure pay for the SDK.
-        from adlfs import AzureBlobFileSystem  # type: ignore[import-untyped]
+        from adlfs import AzureBlobFileSystem
 
         credential = None
         if default_credential:

@@ -15,7 +15,8 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Iterator, Sequence
+from typing import TypeVar, TypeVarTuple, Unpack
 
 from backends.blocking import BlockingRunner
 from backends.errors import MediaNotFound, SourceChanged, StorageUnavailable
@@ -25,6 +26,8 @@ _IOV_MAX = 1024
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 # Temporary files of writes in progress: hidden, and never a media name.
 PARTIAL_PREFIX = ".partial-"
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def _advance(buffers: Sequence[memoryview], count: int) -> list[memoryview]:
@@ -194,31 +197,28 @@ class LocalStorage:
             raise MediaNotFound("cannot write the library root")
         full = self._full(path)
         folder, name = os.path.split(full)
-        try:
-            real = await self._runner.run(os.path.realpath, folder)
-            if not self._inside(real):
-                raise MediaNotFound(f"{path} not found")
-            await self._runner.run(os.makedirs, folder, 0o755, True)
-            temp = os.path.join(folder, f"{PARTIAL_PREFIX}{uuid.uuid4().hex}-{name}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as exc:
-            raise StorageUnavailable(
-                f"cannot write {path}: {os.strerror(exc.errno or 0)}"
-            ) from None
-        try:
-            with _removed_on_error(temp):
-                try:
-                    async for chunk in chunks:
-                        await self._runner.run(_write_all, fd, chunk)
-                    await self._runner.run(os.fsync, fd)
-                finally:
-                    os.close(fd)
-                await self._runner.run(_publish, temp, full)
-        except OSError as exc:
-            raise StorageUnavailable(
-                f"cannot write {path}: {os.strerror(exc.errno or 0)}"
-            ) from None
+        if not self._inside(await self._io(path, os.path.realpath, folder)):
+            raise MediaNotFound(f"{path} not found")
+        await self._io(path, os.makedirs, folder, 0o755, True)
+        temp = os.path.join(folder, f"{PARTIAL_PREFIX}{uuid.uuid4().hex}-{name}")
+        fd = await self._io(path, os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # An error of the stream itself (the uploader went away) passes through unchanged.
+        with _removed_on_error(temp):
+            try:
+                async for chunk in chunks:
+                    await self._io(path, _write_all, fd, chunk)
+                await self._io(path, os.fsync, fd)
+            finally:
+                os.close(fd)
+            await self._io(path, _publish, temp, full)
         return await self.stat(path)
+
+    async def _io(self, path: str, func: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        try:
+            return await self._runner.run(func, *args)
+        except OSError as exc:
+            message = f"cannot write {path}: {os.strerror(exc.errno or 0)}"
+            raise StorageUnavailable(message) from None
 
     async def delete(self, path: str) -> None:
         try:
@@ -230,10 +230,6 @@ class LocalStorage:
 
     async def close(self) -> None:
         return None
-
-
-def _unwritable(path: str, exc: OSError) -> StorageUnavailable:
-    return StorageUnavailable(f"cannot write {path}: {os.strerror(exc.errno or 0)}")
 
 
 def _write_all(fd: int, chunk: bytes) -> None:

@@ -83,7 +83,7 @@ class S3Store:
         cls, root: str, options: dict[str, Any], seconds: float, block_size: int
     ) -> S3Store:
         # Imported here: only deployments on S3 pay for botocore.
-        import s3fs  # type: ignore[import-untyped]
+        import s3fs
 
         config = {
             "connect_timeout": seconds,
