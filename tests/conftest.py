@@ -18,6 +18,8 @@ from gateway.app import create_app
 from tests.media import MediaLibrary
 from tests.serving import Server, run_server, stop_server
 
+pytest_plugins = ["tests.stores", "tests.backends"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -7,14 +7,26 @@ import gzip
 import os
 import re
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import m3u8
 import pytest
 
+from tests.backends import BACKENDS, Libraries, gateway
 from tests.conftest import app_client
 from tests.media import CORRUPT, MediaLibrary
+
+
+@pytest.fixture(params=BACKENDS)
+async def client(
+    request: pytest.FixtureRequest, libraries: Libraries
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The suite runs over every storage backend, each holding the same library."""
+    async with gateway(libraries.settings(request.param)) as (http, _):
+        yield http
+
 
 pytestmark = pytest.mark.anyio
 

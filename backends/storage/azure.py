@@ -12,6 +12,7 @@ half-written blob is never visible and memory stays at a few blocks.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterable
 from typing import Any
 
@@ -135,3 +136,15 @@ class AzureStore:
         await self.fs.service_client.close()
         if self.credential is not None:
             await self.credential.close()
+        _detach_finalizers(self.fs)
+
+
+def _detach_finalizers(fs: Any) -> None:
+    """adlfs registers finalizers that close its clients again through fsspec's own event loop
+    thread; the clients are closed already, and at interpreter exit that loop is gone, so they
+    would only print tracebacks."""
+    registry = getattr(weakref.finalize, "_registry", {})
+    for finalizer in list(registry):
+        info = finalizer.peek()
+        if info is not None and info[0] is fs:
+            finalizer.detach()
