@@ -102,7 +102,11 @@ def _azure(library: str, settings: StorageSettings) -> Connect:
 
     async def connect() -> ObjectStore:
         return await azure.AzureStore.connect(
-            root, options, settings.azure_default_credential, settings.attempt_timeout
+            root,
+            options,
+            settings.azure_default_credential,
+            settings.attempt_timeout,
+            settings.write_timeout,
         )
 
     return connect
@@ -127,7 +131,9 @@ def _s3(library: str, settings: StorageSettings) -> Connect:
     block = int(settings.write_block_mb * 2**20)
 
     async def connect() -> ObjectStore:
-        return await s3.S3Store.connect(root, options, settings.attempt_timeout, block)
+        return await s3.S3Store.connect(
+            root, options, settings.attempt_timeout, block, settings.write_timeout
+        )
 
     return connect
 

@@ -46,7 +46,12 @@ class AzureStore:
 
     @classmethod
     async def connect(
-        cls, root: str, options: dict[str, Any], default_credential: bool, seconds: float
+        cls,
+        root: str,
+        options: dict[str, Any],
+        default_credential: bool,
+        connect_seconds: float,
+        socket_seconds: float,
     ) -> AzureStore:
         # Imported here: only deployments on Azure pay for the SDK.
         from adlfs import AzureBlobFileSystem
@@ -60,8 +65,9 @@ class AzureStore:
         fs = AzureBlobFileSystem(
             asynchronous=True,
             skip_instance_cache=True,
-            connection_timeout=int(max(1, seconds)),
-            read_timeout=int(max(1, seconds)),
+            # Each attempt is bounded by RemoteStorage; the socket limits allow the longest call.
+            connection_timeout=int(max(1, connect_seconds)),
+            read_timeout=int(max(1, socket_seconds)),
             **options,
         )
         return cls(fs, root, credential)
@@ -124,9 +130,10 @@ class AzureStore:
 
     async def put(self, path: str, chunks: AsyncIterable[bytes], retry: Retrier) -> None:
         # Without a length the SDK stages blocks as the stream arrives and commits the block
-        # list at the end; the SDK retries each block itself.
+        # list at the end; the SDK retries each block itself. One block in flight: with more,
+        # the SDK's upload tasks outlive a stream that fails midway.
         await self.client.get_blob_client(self._key(path)).upload_blob(
-            chunks, overwrite=True, max_concurrency=2
+            chunks, overwrite=True, max_concurrency=1
         )
 
     async def delete(self, path: str) -> None:

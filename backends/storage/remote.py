@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -171,8 +171,25 @@ class RemoteStorage:
     async def write(self, path: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
         store = await self._open()
         self._stats.pop(path, None)
+        failed: list[BaseException] = []
+
+        async def watched() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
         # One attempt: a stream cannot be replayed. Its parts are retried inside ``put``.
-        await self.retrier.guard("write", path, lambda: store.put(path, chunks, self.retrier))
+        try:
+            await self.retrier.guard(
+                "write", path, lambda: store.put(path, watched(), self.retrier)
+            )
+        except Exception:
+            if failed:  # the caller's stream broke (an uploader went away): its error, as is
+                raise failed[0] from None
+            raise
         return await self.stat(path)
 
     async def delete(self, path: str) -> None:

@@ -80,14 +80,21 @@ class S3Store:
 
     @classmethod
     async def connect(
-        cls, root: str, options: dict[str, Any], seconds: float, block_size: int
+        cls,
+        root: str,
+        options: dict[str, Any],
+        connect_seconds: float,
+        block_size: int,
+        socket_seconds: float,
     ) -> S3Store:
         # Imported here: only deployments on S3 pay for botocore.
         import s3fs
 
         config = {
-            "connect_timeout": seconds,
-            "read_timeout": seconds,
+            # Each attempt is bounded by RemoteStorage; the socket limit only needs to allow
+            # the longest call (completing a big upload).
+            "connect_timeout": connect_seconds,
+            "read_timeout": socket_seconds,
             "retries": {"total_max_attempts": 1, "mode": "standard"},
             "max_pool_connections": 64,
         }
@@ -209,6 +216,8 @@ class S3Store:
                     UploadId=upload,
                     MultipartUpload={"Parts": parts},
                 ),
+                # S3 may take long to assemble a big object; the same limit as a part.
+                attempt_seconds=retry.policy.write_timeout,
             )
         except BaseException:
             if upload is not None:
