@@ -103,6 +103,9 @@ class VodSettings(_Section, frozen=True):
     gzip_playlists: bool = True
     # Gap below which two byte ranges of one segment are read as one request.
     read_coalesce_gap: Annotated[int, Meta(ge=0, le=16 * 1024 * 1024)] = 64 * 1024
+    # Wider gaps too, smallest first, while the bytes read in between stay within this
+    # fraction of the segment's own: fewer requests to a remote store for a little more data.
+    read_overfetch: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.08
 
 
 class CacheSettings(_Section, frozen=True):

@@ -192,11 +192,11 @@ class Library:
 
     async def segment(self, rendition: Rendition, number: int, fmt: Format) -> SegmentBody:
         k = rendition.plan.check(number)
-        gap = self.settings.vod.read_coalesce_gap
+        gap, extra = self.settings.vod.read_coalesce_gap, self.settings.vod.read_overfetch
         index, segment_plan, info = rendition.index, rendition.plan, rendition.info
         if fmt == "fmp4":
-            return await reader.fmp4_segment(self.storage, info, index, segment_plan, k, gap)
-        source = await reader.samples(self.storage, info, index, segment_plan, k, gap)
+            return await reader.fmp4_segment(self.storage, info, index, segment_plan, k, gap, extra)
+        source = await reader.samples(self.storage, info, index, segment_plan, k, gap, extra)
         # TS does per-packet work: keep it off the event loop.
         return await self.runner.run(ts.write_segment, index, segment_plan, k, source)
 

@@ -20,11 +20,12 @@ async def fmp4_segment(
     plan: SegmentPlan,
     segment: int,
     gap: int,
+    overfetch: float = 0.0,
 ) -> SegmentBody:
     """The fMP4 segment, each sample read once from storage into its final position."""
     where = fmp4.layout(index, plan, segment)
     out = fmp4.prepared(where)
-    reads = scatter_reads(where.starts, where.ends, where.targets, gap, memoryview(out))
+    reads = scatter_reads(where.starts, where.ends, where.targets, gap, memoryview(out), overfetch)
     await storage.read_into(info.path, reads, info.etag)
     return SegmentBody([out], where.size)
 
@@ -36,7 +37,8 @@ async def samples(
     plan: SegmentPlan,
     segment: int,
     gap: int,
+    overfetch: float = 0.0,
 ) -> SampleSource:
     """The segment's sample bytes as read buffers, for writers that need per-sample work (TS)."""
-    ranges = segment_ranges(index, plan, segment, gap)
+    ranges = segment_ranges(index, plan, segment, gap, overfetch)
     return SampleSource(ranges, await storage.read_ranges(info.path, ranges, info.etag))

@@ -66,14 +66,33 @@ def fragment_slices(index: MediaIndex, plan: SegmentPlan, fragment: int) -> list
     return out
 
 
-def coalesce(starts: I64, ends: I64, gap: int) -> list[Range]:
-    """Merge byte ranges (in any order) whose distance is at most ``gap``."""
+def widened_gap(holes: I64, wanted: int, gap: int, overfetch: float) -> int:
+    """The largest hole to read through: every hole up to ``gap``, then the smallest of the
+    others for as long as all the hole bytes read stay within ``overfetch`` x ``wanted``.
+
+    A remote store charges a round trip per request; a few hundred kilobytes of the other
+    track's samples between a segment's last runs cost less than another request.
+    """
+    if overfetch <= 0 or holes.shape[0] == 0:
+        return gap
+    positive = np.sort(holes[holes > 0])
+    spent = np.cumsum(positive)
+    allowed = int(np.searchsorted(spent, overfetch * wanted, side="right"))
+    return max(gap, int(positive[allowed - 1])) if allowed else gap
+
+
+def coalesce(starts: I64, ends: I64, gap: int, overfetch: float = 0.0) -> list[Range]:
+    """Merge byte ranges (in any order) whose distance is at most ``gap`` (widened, see
+    ``widened_gap``, when ``overfetch`` allows)."""
     if starts.shape[0] == 0:
         return []
     order = np.argsort(starts, kind="stable")
+    wanted = int((ends - starts).sum())
     starts, ends = starts[order], np.maximum.accumulate(ends[order])
+    holes = starts[1:] - ends[:-1]
+    gap = widened_gap(holes, wanted, gap, overfetch)
     # A new read begins where a range starts more than ``gap`` past everything before it.
-    new = np.flatnonzero(starts[1:] - ends[:-1] > gap) + 1
+    new = np.flatnonzero(holes > gap) + 1
     first = np.concatenate(([0], new))
     last = np.concatenate((new - 1, [starts.shape[0] - 1]))
     return list(zip(starts[first].tolist(), ends[last].tolist(), strict=True))
@@ -91,9 +110,11 @@ def segment_runs(index: MediaIndex, plan: SegmentPlan, segment: int) -> tuple[I6
     return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
 
-def segment_ranges(index: MediaIndex, plan: SegmentPlan, segment: int, gap: int) -> list[Range]:
+def segment_ranges(
+    index: MediaIndex, plan: SegmentPlan, segment: int, gap: int, overfetch: float = 0.0
+) -> list[Range]:
     """The coalesced byte ranges holding every sample of ``segment``."""
-    return coalesce(*segment_runs(index, plan, segment), gap)
+    return coalesce(*segment_runs(index, plan, segment), gap, overfetch)
 
 
 class SampleSource:
@@ -137,7 +158,7 @@ class SampleSource:
 
 
 def scatter_reads(
-    starts: I64, ends: I64, targets: I64, gap: int, out: memoryview
+    starts: I64, ends: I64, targets: I64, gap: int, out: memoryview, overfetch: float = 0.0
 ) -> list[tuple[int, list[memoryview]]]:
     """Reads that put each run of bytes [starts[i], ends[i]) of the file at ``out[targets[i]:]``.
 
@@ -150,6 +171,7 @@ def scatter_reads(
     order = np.argsort(starts, kind="stable")
     starts, ends, targets = starts[order], ends[order], targets[order]
     holes = starts - np.concatenate((starts[:1], ends[:-1]))
+    gap = widened_gap(holes, int((ends - starts).sum()), gap, overfetch)
     new_read = (holes < 0) | (holes > gap)
     new_read[0] = True
     scratch = memoryview(bytearray(int(holes[~new_read].max(initial=0))))

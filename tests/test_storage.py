@@ -275,3 +275,23 @@ async def test_local_write_is_atomic(tmp_path: Path) -> None:
     assert info.size == 15
     with pytest.raises(MediaNotFound):
         await storage.write("", _chunks(b"x"))
+
+
+@pytest.mark.parametrize(
+    ("holes", "wanted", "gap", "overfetch", "expected"),
+    [
+        ([0, 164_000, 57_490], 3_894_637, 65_536, 0.0, 65_536),  # off: the plain gap
+        ([0, 164_000, 57_490], 3_894_637, 65_536, 0.05, 65_536),  # 221 KB > 5%: unchanged
+        ([0, 164_000, 57_490], 3_894_637, 65_536, 0.08, 164_000),  # within 8%: one request
+        ([300_000, 10, 20], 1_000_000, 0, 0.01, 20),  # smallest first, until the budget ends
+        ([], 100, 64, 0.5, 64),
+    ],
+)
+def test_widened_gap(
+    holes: list[int], wanted: int, gap: int, overfetch: float, expected: int
+) -> None:
+    import numpy as np
+
+    from packager.samples import widened_gap
+
+    assert widened_gap(np.array(holes, np.int64), wanted, gap, overfetch) == expected

@@ -10,6 +10,7 @@ segment request of a file checked moments ago costs no extra round trip.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
@@ -44,6 +45,51 @@ class ObjectStore(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass
+class StoreStats:
+    """Requests made to the store (attempts, retries included) and bytes it sent."""
+
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    bytes_read: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+
+class _Counted:
+    """An ObjectStore that counts what passes through it."""
+
+    def __init__(self, store: ObjectStore, stats: StoreStats) -> None:
+        self.store = store
+        self.stats = stats
+
+    async def head(self, path: str) -> ObjectInfo:
+        self.stats.requests["head"] += 1
+        return await self.store.head(path)
+
+    async def get(self, path: str, start: int, end: int, etag: str | None) -> bytes:
+        self.stats.requests["get"] += 1
+        data = await self.store.get(path, start, end, etag)
+        self.stats.bytes_read += len(data)
+        return data
+
+    async def listdir(self, path: str) -> list[Entry]:
+        self.stats.requests["list"] += 1
+        return await self.store.listdir(path)
+
+    async def put(self, path: str, chunks: AsyncIterable[bytes], retry: Retrier) -> None:
+        self.stats.requests["put"] += 1
+        await self.store.put(path, chunks, retry)
+
+    async def delete(self, path: str) -> None:
+        self.stats.requests["delete"] += 1
+        await self.store.delete(path)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
 @dataclass(frozen=True)
 class RemoteOptions:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -68,7 +114,8 @@ class RemoteStorage:
         self.retrier = Retrier(name, options.policy, classify)
         self._store: ObjectStore | None = None
         self._lock: asyncio.Lock | None = None
-        self._stats: dict[str, tuple[float, ObjectInfo]] = {}
+        self._known: dict[str, tuple[float, ObjectInfo]] = {}
+        self.counts = StoreStats()
 
     @property
     def uri(self) -> str:
@@ -83,20 +130,21 @@ class RemoteStorage:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._store is None:
-                self._store = await self.retrier.call("connect to", "", self._connect)
+                store = await self.retrier.call("connect to", "", self._connect)
+                self._store = _Counted(store, self.counts)
         return self._store
 
     async def stat(self, path: str, max_age: float = 0.0) -> ObjectInfo:
         now = time.monotonic()
         if max_age > 0:
-            known = self._stats.get(path)
+            known = self._known.get(path)
             if known is not None and now - known[0] <= max_age:
                 return known[1]
         store = await self._open()
         info = await self.retrier.call("stat", path, lambda: store.head(path))
-        if len(self._stats) >= self.options.stat_entries:
-            self._stats.clear()
-        self._stats[path] = (now, info)
+        if len(self._known) >= self.options.stat_entries:
+            self._known.clear()
+        self._known[path] = (now, info)
         return info
 
     async def _get(
@@ -105,7 +153,7 @@ class RemoteStorage:
         try:
             data = await self.retrier.call("read", path, lambda: store.get(path, start, end, etag))
         except SourceChanged:
-            self._stats.pop(path, None)  # the next stat must ask the store
+            self._known.pop(path, None)  # the next stat must ask the store
             raise
         if len(data) != end - start:
             raise short_read(path, start, end - start, len(data))
@@ -170,7 +218,7 @@ class RemoteStorage:
 
     async def write(self, path: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
         store = await self._open()
-        self._stats.pop(path, None)
+        self._known.pop(path, None)
         failed: list[BaseException] = []
 
         async def watched() -> AsyncIterator[bytes]:
@@ -194,7 +242,7 @@ class RemoteStorage:
 
     async def delete(self, path: str) -> None:
         store = await self._open()
-        self._stats.pop(path, None)
+        self._known.pop(path, None)
         await self.retrier.call("delete", path, lambda: store.delete(path))
 
     async def close(self) -> None:
