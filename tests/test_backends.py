@@ -299,3 +299,26 @@ async def test_replaced_file_is_seen_by_the_next_playlist(
 
 def _fields(settings: StorageSettings) -> dict[str, object]:
     return {name: getattr(settings, name) for name in settings.__struct_fields__}
+
+
+@pytest.mark.parametrize("backend", ["az", "s3", "http"])
+def test_clipsync_serve_over_remote_storage(
+    backend: str, libraries: Libraries, tmp_path: Path
+) -> None:
+    """The real server (granian worker, its own event loop, lifespan closing the pools)."""
+    from tests.backends import settings_with
+    from tests.serving import run_server, stop_server
+
+    local = libraries.root / "ladder" / "180p.mp4"
+    server = run_server(settings_with(libraries.settings(backend)), tmp_path / "granian.log")
+    try:
+        master = httpx.get(f"{server.base}/vod/ladder/master.m3u8", timeout=30)
+        segment = httpx.get(f"{server.base}/vod/ladder/180p/seg-2.m4s", timeout=30)
+    finally:
+        stop_server(server)
+    assert master.status_code == 200
+    assert master.text.count("#EXT-X-STREAM-INF") == 3
+    assert segment.status_code == 200
+    assert local.stat().st_size > len(segment.content) > 1000
+    log = (tmp_path / "granian.log").read_text()
+    assert "Traceback" not in log, log
