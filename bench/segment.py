@@ -43,7 +43,7 @@ from packager.mp4 import read_index
 from packager.mux import ts
 from packager.segmenter import SegmenterConfig, SegmentPlan, plan
 from packager.synth import SynthSpec, write
-from tests.serving import free_port, run_server, stop_server
+from tests.serving import free_port, run_server, stop_process, stop_server
 
 OUT = Path(__file__).resolve().parent / "out"
 FIXTURE = SynthSpec(
@@ -208,15 +208,6 @@ http {{
     return subprocess.Popen([binary, "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -323,7 +314,7 @@ def main() -> None:
                     trials[key].append(wrk(base, paths, args.seconds, args.connections, work))
         finally:
             stop_server(gateway)
-            stop(nginx)
+            stop_process(nginx)
     median = {k: sorted(v, key=lambda r: r["rps"])[len(v) // 2] for k, v in trials.items()}
     failed = {k: sum(r["errors"] + r["non2xx"] for r in v) for k, v in trials.items()}
     all_rps = {k: ", ".join(f"{r['rps']:.0f}" for r in v) for k, v in trials.items()}

@@ -35,7 +35,7 @@ from bench.segment import OUT, fixture, machine, percentile
 from conf.settings import StorageSettings
 from gateway.app import create_app
 from packager.samples import segment_ranges
-from tests.backends import CONTAINER, PREFIX, azure_settings, s3_client, s3_settings, settings_with
+from tests.backends import azure_settings, s3_settings, settings_with, upload_azure, upload_s3
 from tests.stores import Azurite, MotoS3
 
 FILES = {"front": "1080p-front.mp4", "end": "1080p.mp4"}
@@ -64,22 +64,6 @@ def front_copy(source: Path) -> Path:
             check=True,
         )
     return target
-
-
-def upload(files: list[Path], azurite: Azurite, moto: MotoS3) -> None:
-    from azure.storage.blob import BlobServiceClient
-
-    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
-        container = service.get_container_client(CONTAINER)
-        if not container.exists():
-            container.create_container()
-        for path in files:
-            with path.open("rb") as data:
-                container.upload_blob(f"{PREFIX}/{path.name}", data, overwrite=True)
-    s3 = s3_client(moto)
-    s3.create_bucket(Bucket=CONTAINER)
-    for path in files:
-        s3.upload_file(str(path), CONTAINER, f"{PREFIX}/{path.name}")
 
 
 async def measure(name: str, storage_settings: StorageSettings, rounds: int) -> dict[str, Any]:
@@ -193,7 +177,9 @@ async def run(rounds: int) -> str:
     files = [front_copy(source), source]
     azurite, moto = Azurite(), MotoS3()
     try:
-        upload(files, azurite, moto)
+        named = [(path.name, path) for path in files]
+        upload_azure(named, azurite)
+        upload_s3(named, moto)
         rows = [
             await measure("Azurite", azure_settings(azurite), rounds),
             await measure("moto S3", s3_settings(moto), rounds),

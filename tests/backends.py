@@ -4,9 +4,8 @@ memory store, Azurite, moto's S3 and nginx, and the gateway over each of them.""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import msgspec
@@ -69,16 +68,21 @@ def azure_settings(
     return msgspec.convert(raw, StorageSettings)
 
 
-def mirror_azure(root: Path, azurite: Azurite) -> StorageSettings:
+def upload_azure(files: Iterable[tuple[str, Path]], azurite: Azurite) -> None:
+    """Each (name, file) as blob PREFIX/name of CONTAINER (created if missing)."""
     from azure.storage.blob import BlobServiceClient
 
     with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
         container = service.get_container_client(CONTAINER)
         if not container.exists():
             container.create_container()
-        for relative, path in library_files(root):
+        for name, path in files:
             with path.open("rb") as data:
-                container.upload_blob(f"{PREFIX}/{relative}", data, overwrite=True)
+                container.upload_blob(f"{PREFIX}/{name}", data, overwrite=True)
+
+
+def mirror_azure(root: Path, azurite: Azurite) -> StorageSettings:
+    upload_azure(library_files(root), azurite)
     return azure_settings(azurite)
 
 
@@ -94,24 +98,17 @@ def s3_settings(moto: MotoS3, endpoint: str | None = None, **extra: object) -> S
     return msgspec.convert(raw, StorageSettings)
 
 
-def s3_client(moto: MotoS3) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=moto.endpoint_url,
-        aws_access_key_id=moto.key,
-        aws_secret_access_key=moto.secret,
-        region_name=moto.region,
-    )
+def upload_s3(files: Iterable[tuple[str, Path]], moto: MotoS3) -> None:
+    """Each (name, file) as object PREFIX/name of bucket CONTAINER (created if missing)."""
+    s3 = moto.client()
+    if CONTAINER not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=CONTAINER)
+    for name, path in files:
+        s3.upload_file(str(path), CONTAINER, f"{PREFIX}/{name}")
 
 
 def mirror_s3(root: Path, moto: MotoS3) -> StorageSettings:
-    s3 = s3_client(moto)
-    if CONTAINER not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket=CONTAINER)
-    for relative, path in library_files(root):
-        s3.put_object(Bucket=CONTAINER, Key=f"{PREFIX}/{relative}", Body=path.read_bytes())
+    upload_s3(library_files(root), moto)
     return s3_settings(moto)
 
 

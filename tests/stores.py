@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import pytest
 
-from tests.serving import free_port
+from tests.serving import free_port, stop_process
 
 HOST = "127.0.0.1"
 AZURITE_BIN = Path(__file__).parent / "player" / "node_modules" / ".bin" / "azurite-blob"
@@ -71,12 +71,7 @@ class _Process:
         if process is not None:
             # A paused (SIGSTOPped) process would never act on SIGTERM.
             process.send_signal(signal.SIGCONT)
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -174,6 +169,18 @@ class MotoS3:
     @property
     def endpoint_url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            region_name=self.region,
+        )
 
     def start(self) -> None:
         # Imported here so the rest of the suite runs without moto installed.

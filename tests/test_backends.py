@@ -26,7 +26,6 @@ from tests.backends import (
     Libraries,
     azure_settings,
     gateway,
-    s3_client,
     s3_settings,
 )
 from tests.media import CORRUPT, GOOD
@@ -243,7 +242,7 @@ def _put(
         with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
             service.get_blob_client(CONTAINER, f"{PREFIX}/{name}").upload_blob(data, overwrite=True)
     elif backend == "s3":
-        s3_client(request.getfixturevalue("moto_s3")).put_object(
+        request.getfixturevalue("moto_s3").client().put_object(
             Bucket=CONTAINER, Key=f"{PREFIX}/{name}", Body=data
         )
     else:

@@ -37,18 +37,7 @@ def test_azurite_range_read_and_restart(azurite: Azurite) -> None:
 
 
 def test_moto_range_read_and_restart(moto_s3: MotoS3) -> None:
-    import boto3
-
-    def s3() -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=moto_s3.endpoint_url,
-            aws_access_key_id=moto_s3.key,
-            aws_secret_access_key=moto_s3.secret,
-            region_name=moto_s3.region,
-        )
-
-    client = s3()
+    client = moto_s3.client()
     client.create_bucket(Bucket="stores-test")
     client.put_object(Bucket="stores-test", Key="clip.bin", Body=PAYLOAD)
     part = client.get_object(Bucket="stores-test", Key="clip.bin", Range="bytes=10-19")
@@ -57,7 +46,7 @@ def test_moto_range_read_and_restart(moto_s3: MotoS3) -> None:
 
     moto_s3.stop()
     moto_s3.start()
-    client = s3()
+    client = moto_s3.client()
     assert client.get_object(Bucket="stores-test", Key="clip.bin")["Body"].read() == PAYLOAD
     client.close()
 

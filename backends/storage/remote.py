@@ -23,7 +23,6 @@ from backends.storage.base import Entry, ObjectInfo, ScatterRead, scatter, short
 from backends.storage.retry import Classifier, Retrier, RetryPolicy
 
 T = TypeVar("T")
-Call = Callable[[str, str, Callable[[], Awaitable[T]]], Awaitable[T]]
 
 
 class ObjectStore(Protocol):
@@ -188,11 +187,12 @@ class RemoteStorage:
     ) -> list[bytes]:
         store = await self._open()
         limit = self.options.max_read_bytes
-        pieces = readplan.split_ranges(ranges, limit)
+        per_range = [readplan.split_ranges([span], limit) for span in ranges]
+        pieces = [piece for split in per_range for piece in split]
         datas = await self._each([self._job(store, path, s, e, etag) for s, e in pieces])
         out, i = [], 0
-        for start, end in ranges:
-            count = len(readplan.split_ranges([(start, end)], limit))
+        for split in per_range:
+            count = len(split)
             out.append(datas[i] if count == 1 else b"".join(datas[i : i + count]))
             i += count
         return out
