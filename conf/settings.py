@@ -30,7 +30,13 @@ class SettingsError(Exception):
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    def __repr__(self) -> str:
+        # Settings objects end up in tracebacks and debug logs: never with their secrets.
+        shown = {
+            name: "***" if name in SECRET_FIELDS and getattr(self, name) else getattr(self, name)
+            for name in self.__struct_fields__
+        }
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 Secret = Annotated[str, Meta(max_length=8192)]
@@ -72,14 +78,6 @@ class StorageSettings(_Section, frozen=True):
     s3_endpoint_url: str = ""
     s3_anonymous: bool = False
 
-    def __repr__(self) -> str:
-        # Settings objects end up in tracebacks and debug logs: never with their secrets.
-        shown = {
-            name: "***" if name in SECRET_FIELDS and getattr(self, name) else getattr(self, name)
-            for name in self.__struct_fields__
-        }
-        return f"StorageSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
-
 
 SECRET_FIELDS = frozenset(
     {
@@ -89,6 +87,8 @@ SECRET_FIELDS = frozenset(
         "s3_key",
         "s3_secret",
         "s3_session_token",
+        "redis_url",  # may carry a password
+        "admin_token",
     }
 )
 
@@ -109,8 +109,34 @@ class VodSettings(_Section, frozen=True):
 
 
 class CacheSettings(_Section, frozen=True):
-    # In-process budget for parsed media indexes and segment plans.
+    # In-process tier: a byte budget per kind of object (0: keep none of that kind).
+    # Indexes are the parsed moov and segment plan of each source file.
     index_budget_mb: Annotated[float, Meta(ge=1.0, le=65_536.0)] = 256.0
+    playlist_budget_mb: Annotated[float, Meta(ge=0.0, le=65_536.0)] = 32.0
+    segment_budget_mb: Annotated[float, Meta(ge=0.0, le=65_536.0)] = 256.0
+    # A cached playlist is answered without asking storage whether its source changed, so a
+    # replaced file shows in playlists within playlist_ttl seconds (0: always ask).
+    playlist_ttl: Annotated[float, Meta(ge=0.0, le=3600.0)] = 5.0
+    # Indexes and segments are keyed by their source's version: these only bound their stay.
+    index_ttl: Annotated[float, Meta(gt=0.0, le=31_536_000.0)] = 7 * 86_400.0
+    segment_ttl: Annotated[float, Meta(gt=0.0, le=31_536_000.0)] = 86_400.0
+    # Redis tier, shared by every replica: redis:// rediss:// unix:// redis+cluster://
+    # redis+sentinel://host:port,host:port/service (empty: no Redis tier).
+    redis_url: Annotated[str, Meta(max_length=4096)] = ""
+    redis_prefix: Annotated[str, Meta(min_length=1, max_length=128)] = "clipsync:"
+    # Whether segments go to Redis too (indexes and playlists always do).
+    redis_segments: bool = True
+    redis_max_value_mb: Annotated[float, Meta(gt=0.0, le=512.0)] = 16.0
+    # One Redis call waits at most this long; after breaker_threshold failures in a row
+    # Redis is not asked for breaker_cooldown seconds (then one probe call).
+    redis_timeout: Annotated[float, Meta(gt=0.0, le=30.0)] = 0.25
+    redis_max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    breaker_threshold: Annotated[int, Meta(ge=1, le=1000)] = 3
+    breaker_cooldown: Annotated[float, Meta(gt=0.0, le=600.0)] = 2.0
+    # Cross-replica build lock: held at most lock_ttl; others wait up to lock_wait for the
+    # holder's result, then build themselves.
+    lock_ttl: Annotated[float, Meta(gt=0.0, le=600.0)] = 10.0
+    lock_wait: Annotated[float, Meta(ge=0.0, le=600.0)] = 2.0
 
 
 class ServerSettings(_Section, frozen=True):
@@ -121,6 +147,8 @@ class ServerSettings(_Section, frozen=True):
     blocking_threads: Annotated[int, Meta(ge=1, le=256)] = 8
     # Largest moov box we agree to load (bytes); protects memory against hostile files.
     max_moov_mb: Annotated[float, Meta(ge=1.0, le=4096.0)] = 512.0
+    # Bearer token for the admin endpoints (cache purge); empty: they answer 403.
+    admin_token: Secret = ""
 
 
 class PlayerSettings(_Section, frozen=True):

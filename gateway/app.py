@@ -6,34 +6,44 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from backends.blocking import BlockingRunner
+from backends.cache import metrics as cache_metrics
+from backends.cache import open_cache
 from backends.errors import ClipSyncError
 from backends.storage import Storage, open_storage
 from conf import Settings, load_resolved
 from gateway import errors
+from gateway.admin import Admin
 from gateway.cors import PublicCORS
 from gateway.library import Library
 from gateway.ranges import RangeNotSatisfiable
-from gateway.routes import VodRoutes, healthz, player_page
+from gateway.routes import VodRoutes, healthz, metrics_page, player_page
 
 log = logging.getLogger("clipsync.gateway")
 
 
 def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
     runner = BlockingRunner(settings.server.blocking_threads)
+    registry = CollectorRegistry()
+    cache = open_cache(settings.cache, latency=cache_metrics.redis_latency(registry))
+    cache_metrics.register(cache, registry)
     if storage is None:
         storage = open_storage(settings.storage, runner)
-    library = Library(settings, storage, runner)
+    library = Library(settings, storage, runner, cache)
     vod = VodRoutes(library)
+    admin = Admin(library, settings.server.admin_token)
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
         Route("/player", player_page(settings.player.hlsjs_url), methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_page(registry), methods=["GET"]),
+        Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
     ]
     middleware = [Middleware(PublicCORS)]
     handlers = {
@@ -46,6 +56,7 @@ def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await cache.close()  # pending cache writes, the purge subscription, Redis connections
         await storage.close()  # remote stores hold connection pools
 
     app = Starlette(

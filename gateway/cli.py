@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from backends.blocking import BlockingRunner
+from backends.cache import RedisURLError
+from backends.cache.redis_tier import display as display_redis_url
+from backends.cache.redis_tier import parse_url as parse_redis_url
 from backends.errors import ClipSyncError
 from backends.storage import display_url, open_storage
 from conf import Settings, SettingsError, load
@@ -26,6 +29,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="threads for blocking work per worker")
     parser.add_argument("--segment-format", choices=["fmp4", "ts"], help="default segment format")
     parser.add_argument("--target-duration", type=float, help="target segment duration (s)")
+    parser.add_argument("--redis", help="Redis URL of the shared cache tier (default: none)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -37,6 +41,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("server", "blocking_threads"): args.threads,
         ("vod", "segment_format"): args.segment_format,
         ("vod", "target_duration"): args.target_duration,
+        ("cache", "redis_url"): args.redis,
     }
     out: dict[str, dict[str, Any]] = {}
     for (section, key), value in chosen.items():
@@ -96,11 +101,18 @@ def _serve(settings: Settings) -> None:
         open_storage(settings.storage, BlockingRunner(1))
     except (ClipSyncError, ValueError) as exc:
         raise SettingsError(f"storage.library: {exc}") from None
+    cache = "in-process cache"
+    if settings.cache.redis_url:
+        try:
+            parse_redis_url(settings.cache.redis_url)
+        except RedisURLError as exc:
+            raise SettingsError(f"cache.redis_url: {exc}") from None
+        cache += f" + Redis {display_redis_url(settings.cache.redis_url)}"
     export(settings)  # granian workers load these exact settings
     server = settings.server
     base = f"http://{server.host}:{server.port}"
     library = display_url(settings.storage.library)
-    print(f"ClipSync Edge serving {library} on {base}", flush=True)
+    print(f"ClipSync Edge serving {library} on {base} ({cache})", flush=True)
     Granian(
         "gateway.app:factory",
         factory=True,

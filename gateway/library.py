@@ -3,27 +3,31 @@
 An asset is one MP4 (one rendition, named ``main``) or a folder whose MP4 files are the
 renditions of a ladder (named after the file stem: ``720p.mp4`` -> ``720p``). For every source
 file the index and the segment plan are built once per (storage, path, etag, size, versions,
-settings) and kept in the byte-budgeted LRU; concurrent misses for one file share one build.
-Failures to parse are cached the same way, so a corrupt file is not re-read on every request.
+settings) and kept in the cache tiers (in-process and, when configured, Redis, which holds the
+index as bytes); concurrent misses share one build. Failures to parse are cached the same way,
+so a corrupt file is not re-read on every request. Segments go through the same cache, keyed by
+their source's version: a replaced file can never be answered with the old file's bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from backends import paths
 from backends.blocking import BlockingRunner
-from backends.cache import ByteBudgetLRU, SingleFlight
-from backends.errors import BadMedia, MediaNotFound, MisalignedLadder
+from backends.cache import Entry, TieredCache, keys, tags_for
+from backends.errors import BadMedia, MediaNotFound, MisalignedLadder, UnsupportedMedia
 from backends.storage import ObjectInfo, Storage
 from conf.settings import Settings
+from gateway.responses import Playlist
 from gateway.urls import SINGLE_RENDITION, is_rendition_name
 from packager import playlists, reader
 from packager.index import I64, INDEX_VERSION, MediaIndex
@@ -36,6 +40,10 @@ MEDIA_EXTENSIONS = (".mp4", ".m4v", ".mov")
 # Bump when the bytes we write change for the same input and settings (part of every ETag).
 OUTPUT_VERSION = 1
 _FAILURE_WEIGHT = 1024
+_RENDITION, _FAILURE = b"R", b"E"
+_FAILURES: dict[str, type[BadMedia]] = {
+    cls.__name__: cls for cls in (BadMedia, UnsupportedMedia, MisalignedLadder)
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,19 +110,38 @@ class Rendition:
         return (self.info.path, self.info.etag, self.info.size, INDEX_VERSION, OUTPUT_VERSION)
 
 
+class _Failure(msgspec.Struct, frozen=True):
+    kind: str
+    message: str
+
+
 class Library:
-    def __init__(self, settings: Settings, storage: Storage, runner: BlockingRunner) -> None:
+    def __init__(
+        self, settings: Settings, storage: Storage, runner: BlockingRunner, cache: TieredCache
+    ) -> None:
         self.settings = settings
         self.storage = storage
         self.runner = runner
+        self.cache = cache
         self.config = SegmenterConfig(settings.vod.target_duration, settings.vod.max_overrun)
-        self.cache: ByteBudgetLRU[Any] = ByteBudgetLRU(int(settings.cache.index_budget_mb * 2**20))
-        self.flight: SingleFlight[Rendition] = SingleFlight()
-        self.builds = 0
+        self.redis_segments = settings.cache.redis_segments
+
+    @property
+    def builds(self) -> int:
+        """Index builds (parses of a source file's moov) by this process."""
+        return self.cache.stats.builds.get("index", 0)
 
     @property
     def settings_key(self) -> tuple[object, ...]:
         return (self.config.target, self.config.max_overrun, TIMELINE_OFFSET_SECONDS)
+
+    def tags(self, *paths: str) -> frozenset[str]:
+        """Purge tags of objects made from ``paths``: theirs and every folder's above."""
+        return tags_for(self.storage.uri, *paths)
+
+    def tags_of_path(self, path: str) -> frozenset[str]:
+        """The one tag a purge of ``path`` (a file or a folder) looks for."""
+        return frozenset({keys.tag(self.storage.uri, path)})
 
     # Resolution ---------------------------------------------------------------------------
 
@@ -169,42 +196,108 @@ class Library:
     # Building -----------------------------------------------------------------------------
 
     async def _load(self, info: ObjectInfo) -> Rendition:
-        key = (self.storage.uri, info.path, info.etag, info.size, INDEX_VERSION, self.settings_key)
-        cached = self.cache.get(key)
-        if isinstance(cached, BadMedia):
-            raise cached
-        if isinstance(cached, Rendition):
-            return cached
-        return await self.flight.run(key, lambda: self._build(key, info))
+        entry: Entry[Rendition | BadMedia] = Entry(
+            kind="index",
+            key=keys.key(
+                "index",
+                self.storage.uri,
+                info.path,
+                info.etag,
+                info.size,
+                INDEX_VERSION,
+                self.settings_key,
+            ),
+            ttl=self.settings.cache.index_ttl,
+            tags=self.tags(info.path),
+            size=lambda v: v.nbytes if isinstance(v, Rendition) else _FAILURE_WEIGHT,
+            encode=_encode_index,
+            decode=lambda data: self._decode_index(info, data),
+        )
+        loaded = await self.cache.fetch(entry, lambda: self._build(info))
+        if isinstance(loaded, BadMedia):
+            # A fresh exception each time: one shared instance would gather every traceback.
+            raise type(loaded)(str(loaded))
+        return loaded
 
-    async def _build(self, key: Hashable, info: ObjectInfo) -> Rendition:
-        self.builds += 1
+    async def _build(self, info: ObjectInfo) -> Rendition | BadMedia:
         max_moov = int(self.settings.server.max_moov_mb * 2**20)
         try:
             index = await read_index(self.storage, info, self.runner, max_moov)
             segment_plan = await self.runner.run(plan, index, self.config)
         except BadMedia as exc:
-            self.cache.put(key, exc, _FAILURE_WEIGHT)
-            raise
-        rendition = Rendition(info, index, segment_plan)
-        self.cache.put(key, rendition, rendition.nbytes)
-        return rendition
+            return exc  # cached like a result: a corrupt file is parsed once per version
+        return Rendition(info, index, segment_plan)
 
-    async def segment(self, rendition: Rendition, number: int, fmt: Format) -> SegmentBody:
+    async def _decode_index(self, info: ObjectInfo, data: bytes) -> Rendition | BadMedia:
+        if data[:1] == _FAILURE:
+            failure = msgspec.msgpack.decode(data[1:], type=_Failure)
+            return _FAILURES.get(failure.kind, BadMedia)(failure.message)
+        if data[:1] != _RENDITION:
+            raise ValueError("not an index value")
+        index = MediaIndex.from_bytes(data[1:])
+        # The plan is a pure function of the index: recomputed, not stored.
+        return Rendition(info, index, await self.runner.run(plan, index, self.config))
+
+    async def playlist(
+        self, parts: tuple[object, ...], asset: str, build: Callable[[], Awaitable[Playlist]]
+    ) -> Playlist:
+        """The playlist a URL (``parts``) names, built at most once per ``cache.playlist_ttl``:
+        within that time it is answered without asking storage whether its sources changed."""
+        ttl = self.settings.cache.playlist_ttl
+        entry: Entry[Playlist] = Entry(
+            kind="playlist",
+            key=keys.key("playlist", self.storage.uri, parts, self.settings_key),
+            ttl=ttl,
+            tags=self.tags(asset),
+            size=lambda p: p.nbytes,
+            encode=Playlist.to_bytes if ttl > 0 else None,
+            decode=_decode_playlist,
+            tags_of=lambda p: self.tags(*p.sources),
+        )
+        return await self.cache.fetch(entry, build)
+
+    async def segment(self, rendition: Rendition, number: int, fmt: Format) -> bytes:
         k = rendition.plan.check(number)
+        info = rendition.info
+        entry: Entry[bytes] = Entry(
+            kind="segment",
+            key=keys.key(
+                "segment", self.storage.uri, rendition.tag_parts(), self.settings_key, fmt, number
+            ),
+            ttl=self.settings.cache.segment_ttl,
+            tags=self.tags(info.path),
+            size=len,
+            encode=bytes if self.redis_segments else None,
+            decode=_as_is,
+        )
+        return await self.cache.fetch(entry, lambda: self._package(rendition, k, fmt))
+
+    async def _package(self, rendition: Rendition, k: int, fmt: Format) -> bytes:
         gap, extra = self.settings.vod.read_coalesce_gap, self.settings.vod.read_overfetch
         index, segment_plan, info = rendition.index, rendition.plan, rendition.info
+        body: SegmentBody
         if fmt == "fmp4":
-            return await reader.fmp4_segment(self.storage, info, index, segment_plan, k, gap, extra)
-        source = await reader.samples(self.storage, info, index, segment_plan, k, gap, extra)
-        # TS does per-packet work: keep it off the event loop.
-        return await self.runner.run(ts.write_segment, index, segment_plan, k, source)
+            body = await reader.fmp4_segment(self.storage, info, index, segment_plan, k, gap, extra)
+        else:
+            source = await reader.samples(self.storage, info, index, segment_plan, k, gap, extra)
+            # TS does per-packet work: keep it off the event loop.
+            body = await self.runner.run(ts.write_segment, index, segment_plan, k, source)
+        # One buffer: what the response sends (granian wants one body message) and caches.
+        return bytes(body.join())
 
-    def cached_playlist(self, key: Hashable) -> Any:
-        return self.cache.get(key)
 
-    def store_playlist(self, key: Hashable, value: Any, size: int) -> None:
-        self.cache.put(key, value, size)
+def _encode_index(value: Rendition | BadMedia) -> bytes:
+    if isinstance(value, BadMedia):
+        return _FAILURE + msgspec.msgpack.encode(_Failure(type(value).__name__, str(value)))
+    return _RENDITION + value.index.to_bytes()
+
+
+async def _decode_playlist(data: bytes) -> Playlist:
+    return Playlist.from_bytes(data)
+
+
+async def _as_is(data: bytes) -> bytes:
+    return data
 
 
 def _check_alignment(renditions: list[tuple[str, Rendition]]) -> None:

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -77,7 +78,7 @@ def _ranged(
     size: int,
     range_header: str | None,
     content_type: str,
-    body: SegmentBody | bytes | None,
+    body: SegmentBody | bytes | bytearray | None,
 ) -> Response:
     try:
         byte_range = parse_range(range_header, size)
@@ -91,8 +92,8 @@ def _ranged(
         status = 206
         headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
     parts: list[bytes | bytearray | memoryview] = []
-    if isinstance(body, bytes):
-        parts = [memoryview(body)[start:end]]
+    if isinstance(body, bytes | bytearray):
+        parts = [body if (start, end) == (0, len(body)) else memoryview(body)[start:end]]
     elif body is not None:
         parts = body.slice(start, end)
     return ChunkedBody(parts, status, headers, content_type)
@@ -105,7 +106,7 @@ async def media(
     tag: str,
     content_type: str,
     cache_control: str,
-    produce: Callable[[], Awaitable[SegmentBody | bytes]],
+    produce: Callable[[], Awaitable[SegmentBody | bytes | bytearray]],
 ) -> Response:
     """Serve a generated binary resource whose ``size`` is known (or predicted) from the index."""
     cached = not_modified(request, tag, cache_control)
@@ -122,16 +123,24 @@ async def media(
         return _ranged(headers, size, range_header, content_type, None)
     body = await produce()
     # Lengths come from the bytes produced; the prediction only spared HEAD and 416 the work.
-    actual = len(body) if isinstance(body, bytes) else body.size
+    actual = len(body) if isinstance(body, bytes | bytearray) else body.size
     return _ranged(headers, actual, range_header, content_type, body)
 
 
-class Playlist:
-    """Playlist text with its gzip form, built once and served many times."""
+class _PlaylistValue(msgspec.Struct, array_like=True, frozen=True):
+    tag: str
+    body: bytes
+    sources: tuple[str, ...]
 
-    def __init__(self, text: str, tag: str) -> None:
+
+class Playlist:
+    """Playlist text with its gzip form, built once and served many times; ``sources`` are the
+    library paths it was made from (purging one of them drops it)."""
+
+    def __init__(self, text: str, tag: str, sources: tuple[str, ...] = ()) -> None:
         self.body = text.encode("utf-8")
         self.tag = tag
+        self.sources = sources
         self._gzipped: bytes | None = None
 
     @property
@@ -142,6 +151,14 @@ class Playlist:
         if self._gzipped is None:
             self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
         return self._gzipped
+
+    def to_bytes(self) -> bytes:
+        return msgspec.msgpack.encode(_PlaylistValue(self.tag, self.body, self.sources))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Playlist:
+        value = msgspec.msgpack.decode(data, type=_PlaylistValue)
+        return cls(value.body.decode("utf-8"), value.tag, value.sources)
 
 
 def _accepts_gzip(request: Request) -> bool:

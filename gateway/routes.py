@@ -8,6 +8,7 @@ from html import escape
 from importlib import resources
 from urllib.parse import urlencode
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -47,62 +48,61 @@ class VodRoutes:
     async def _handle(self, request: Request) -> Response:
         req = urls.parse(request.path_params["path"])
         fmt: Format = req.format or self.default_format
-        if req.kind == "master":
-            return await self._master(request, req, fmt)
-        # A playlist always checks the file's version; media requests may reuse a recent answer
-        # (a replaced file is still caught: reads are conditional on the version planned for).
-        playlist = req.kind in ("media", "iframes")
-        rendition = await self.library.rendition(req.asset, req.rendition, fresh=playlist)
-        if req.kind == "media":
-            return self._media_playlist(request, rendition, fmt)
-        if req.kind == "iframes":
-            return self._iframe_playlist(request, rendition, fmt)
+        if req.kind in ("master", "media", "iframes"):
+            return await self._playlist(request, req, fmt)
+        # A playlist checks the file's version when it is built; media requests may reuse a
+        # recent answer (a replaced file is still caught: reads are conditional on the version
+        # planned for, and cached segments are keyed by it).
+        rendition = await self.library.rendition(req.asset, req.rendition, fresh=False)
         if req.kind == "init":
             return await self._init(request, rendition)
         return await self._segment(request, rendition, req.number, fmt)
 
-    def _playlist(
-        self, request: Request, parts: tuple[object, ...], build: Callable[[], str]
-    ) -> Response:
-        tag = responses.etag(*parts, self.library.settings_key)
-        key = ("playlist", tag)
-        item = self.library.cached_playlist(key)
-        if not isinstance(item, Playlist):
-            item = Playlist(build(), tag)
-            self.library.store_playlist(key, item, item.nbytes)
-        return responses.playlist(request, item, self.playlist_cache, self.gzip)
-
-    async def _master(self, request: Request, req: urls.PlaybackRequest, fmt: Format) -> Response:
-        ladder = await self.library.ladder(req.asset)
+    async def _playlist(self, request: Request, req: urls.PlaybackRequest, fmt: Format) -> Response:
         suffix = _suffix(request)
         url_suffix = f"-{req.format}" if req.format else ""
-        parts = ("master", fmt, url_suffix, suffix, tuple((n, r.tag_parts()) for n, r in ladder))
-
-        def build() -> str:
-            variants = [r.variant(fmt, url_suffix, f"{name}/") for name, r in ladder]
-            return playlists.build_master(variants, suffix)
-
-        return self._playlist(request, parts, build)
-
-    def _media_playlist(self, request: Request, rendition: Rendition, fmt: Format) -> Response:
-        suffix = _suffix(request)
-        parts = ("media", fmt, suffix, rendition.tag_parts())
-        return self._playlist(
-            request, parts, lambda: playlists.build_media(rendition.plan, fmt, suffix)
+        builders = {"master": self._master, "media": self._media, "iframes": self._iframes}
+        build = builders[req.kind]
+        item = await self.library.playlist(
+            (req.kind, req.asset, req.rendition, fmt, url_suffix, suffix),
+            req.asset,
+            lambda: build(req, fmt, url_suffix, suffix),
         )
+        return responses.playlist(request, item, self.playlist_cache, self.gzip)
 
-    def _iframe_playlist(self, request: Request, rendition: Rendition, fmt: Format) -> Response:
+    def _tag(self, *parts: object) -> str:
+        return responses.etag(*parts, self.library.settings_key)
+
+    async def _master(
+        self, req: urls.PlaybackRequest, fmt: Format, url_suffix: str, suffix: str
+    ) -> Playlist:
+        ladder = await self.library.ladder(req.asset)
+        tag = self._tag(
+            "master", fmt, url_suffix, suffix, tuple((n, r.tag_parts()) for n, r in ladder)
+        )
+        variants = [r.variant(fmt, url_suffix, f"{name}/") for name, r in ladder]
+        text = playlists.build_master(variants, suffix)
+        return Playlist(text, tag, tuple(r.info.path for _, r in ladder))
+
+    async def _media(
+        self, req: urls.PlaybackRequest, fmt: Format, url_suffix: str, suffix: str
+    ) -> Playlist:
+        rendition = await self.library.rendition(req.asset, req.rendition, fresh=True)
+        tag = self._tag("media", fmt, suffix, rendition.tag_parts())
+        text = playlists.build_media(rendition.plan, fmt, suffix)
+        return Playlist(text, tag, (rendition.info.path,))
+
+    async def _iframes(
+        self, req: urls.PlaybackRequest, fmt: Format, url_suffix: str, suffix: str
+    ) -> Playlist:
+        rendition = await self.library.rendition(req.asset, req.rendition, fresh=True)
         if rendition.index.video is None:
             raise MediaNotFound("this rendition has no video, so no I-frame playlist")
-        suffix = _suffix(request)
-        parts = ("iframes", fmt, suffix, rendition.tag_parts())
-
-        def build() -> str:
-            psi = ts.PSI_SIZE if fmt == "ts" else 0
-            ranges = rendition.iframe_ranges(fmt)
-            return playlists.build_iframes(rendition.plan, fmt, ranges, psi, suffix)
-
-        return self._playlist(request, parts, build)
+        tag = self._tag("iframes", fmt, suffix, rendition.tag_parts())
+        psi = ts.PSI_SIZE if fmt == "ts" else 0
+        ranges = rendition.iframe_ranges(fmt)
+        text = playlists.build_iframes(rendition.plan, fmt, ranges, psi, suffix)
+        return Playlist(text, tag, (rendition.info.path,))
 
     async def _init(self, request: Request, rendition: Rendition) -> Response:
         data = rendition.init_segment
@@ -113,7 +113,7 @@ class VodRoutes:
         return await responses.media(
             request,
             size=len(data),
-            tag=responses.etag("init", rendition.tag_parts(), self.library.settings_key),
+            tag=self._tag("init", rendition.tag_parts()),
             content_type=fmp4.content_type(rendition.index),
             cache_control=self.media_cache,
             produce=produce,
@@ -127,9 +127,7 @@ class VodRoutes:
         return await responses.media(
             request,
             size=int(rendition.sizes(fmt)[k]),
-            tag=responses.etag(
-                "seg", fmt, number, rendition.tag_parts(), self.library.settings_key
-            ),
+            tag=self._tag("seg", fmt, number, rendition.tag_parts()),
             content_type=writer.content_type(rendition.index),
             cache_control=self.media_cache,
             produce=lambda: self.library.segment(rendition, number, fmt),
@@ -151,3 +149,14 @@ def player_page(hlsjs_url: str) -> Callable[[Request], Awaitable[Response]]:
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
+
+
+def metrics_page(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        return Response(
+            generate_latest(registry),
+            headers={"cache-control": "no-store"},
+            media_type=CONTENT_TYPE_LATEST,
+        )
+
+    return page

@@ -152,18 +152,21 @@ def libraries(request: pytest.FixtureRequest, media: MediaLibrary) -> Iterator[L
     found.close()
 
 
-def settings_with(storage: StorageSettings, **vod: object) -> Settings:
+def settings_with(
+    storage: StorageSettings, cache: dict[str, object] | None = None, **vod: object
+) -> Settings:
     raw = msgspec.to_builtins(Settings(storage=storage))
     raw["vod"].update(vod)
+    raw["cache"].update(cache or {})
     return msgspec.convert(raw, Settings)
 
 
 @contextlib.asynccontextmanager
 async def gateway(
-    storage_settings: StorageSettings, **vod: object
+    storage_settings: StorageSettings, cache: dict[str, object] | None = None, **vod: object
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Storage]]:
     """The app in-process over ``storage_settings``; its storage is closed at the end."""
-    settings = settings_with(storage_settings, **vod)
+    settings = settings_with(storage_settings, cache, **vod)
     storage = open_storage(settings.storage, BlockingRunner(settings.server.blocking_threads))
     app = create_app(settings, storage)
     try:

@@ -18,7 +18,7 @@ from gateway.app import create_app
 from tests.media import MediaLibrary
 from tests.serving import Server, run_server, stop_server
 
-pytest_plugins = ["tests.stores", "tests.backends"]
+pytest_plugins = ["tests.stores", "tests.backends", "tests.redis_fixtures"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -44,19 +44,25 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def settings_for(root: Path, **vod: object) -> Settings:
+def settings_for(
+    root: Path | str, cache: dict[str, object] | None = None, **vod: object
+) -> Settings:
     import msgspec
 
     base = Settings(storage=StorageSettings(library=str(root)))
     raw = msgspec.to_builtins(base)
     raw["vod"].update(vod)
+    raw["cache"].update(cache or {})
     return msgspec.convert(raw, Settings)
 
 
 @contextlib.asynccontextmanager
-async def app_client(root: Path, **vod: object) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """The app in-process over ``root`` with ``vod`` settings, and an httpx client talking to it."""
-    app = create_app(settings_for(root, **vod))
+async def app_client(
+    root: Path, cache: dict[str, object] | None = None, **vod: object
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The app in-process over ``root`` with ``cache`` and ``vod`` settings, and an httpx client
+    talking to it."""
+    app = create_app(settings_for(root, cache, **vod))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http, app

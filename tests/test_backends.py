@@ -270,7 +270,8 @@ async def test_replaced_file_is_seen_by_the_next_playlist(
         settings = libraries.settings(backend)
         settings = StorageSettings(**{**_fields(settings), "stat_max_age": 60.0})
     _put(backend, request, name, short.read_bytes(), nginx_root)
-    async with gateway(settings) as (http, _):
+    # Playlists are answered from cache for cache.playlist_ttl without asking the store.
+    async with gateway(settings, {"playlist_ttl": 0}) as (http, _):
         first = await http.get(f"/vod/{name}/main/index.m3u8")
         assert first.status_code == 200
         assert first.text.count("#EXTINF") == 2

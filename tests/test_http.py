@@ -186,12 +186,19 @@ async def test_etag_changes_with_settings_and_source(media: MediaLibrary, tmp_pa
             tags.append((await h.head("/vod/a.mp4/main/seg-1.m4s")).headers["etag"])
     assert tags[0] != tags[1]
 
-    async with app_client(root) as (h, _):
+    ttl = 0.5
+    async with app_client(root, cache={"playlist_ttl": ttl}) as (h, _):
         before = await h.get("/vod/a.mp4/main/index.m3u8")
-        # The operator replaces the file: the next request sees the new content, not a stale index.
+        # The operator replaces the file: playlists show it once cache.playlist_ttl has passed,
+        # never later; segments at once (they are keyed by the file's version).
         shutil.copy(media.good("h264_2997fps"), root / "a.mp4")
         os.utime(root / "a.mp4", ns=(1, 1))
+        within = await h.get("/vod/a.mp4/main/index.m3u8")
+        segment = await h.head("/vod/a.mp4/main/seg-1.m4s")
+        await asyncio.sleep(ttl)
         after = await h.get("/vod/a.mp4/main/index.m3u8")
+    assert within.headers["etag"] == before.headers["etag"]
+    assert segment.headers["etag"] != tags[0]  # tags[0]: the old file at these settings
     assert before.headers["etag"] != after.headers["etag"]
     assert before.text != after.text
 

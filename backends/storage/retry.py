@@ -28,6 +28,7 @@ from backends.errors import (
     SourceChanged,
     StorageUnavailable,
 )
+from backends.throttle import ThrottledLog
 
 T = TypeVar("T")
 log = logging.getLogger("clipsync.storage")
@@ -74,24 +75,6 @@ class RetryPolicy:
 Classifier = Callable[[BaseException], tuple[Failure, str]]
 
 
-class _Throttle:
-    """Log a store's trouble at most once per interval per message, with a count."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self.last: dict[str, tuple[float, int]] = {}
-
-    def warn(self, message: str) -> None:
-        now = time.monotonic()
-        when, skipped = self.last.get(message, (0.0, 0))
-        if now - when >= self.interval:
-            suffix = f" ({skipped} more since last report)" if skipped else ""
-            log.warning("%s%s", message, suffix)
-            self.last[message] = (now, 0)
-        else:
-            self.last[message] = (when, skipped + 1)
-
-
 class Retrier:
     """Runs one store's calls: per-attempt timeout, deadline, classified failures."""
 
@@ -99,7 +82,7 @@ class Retrier:
         self.name = name
         self.policy = policy
         self.classify = classify
-        self.throttle = _Throttle()
+        self.throttle = ThrottledLog(log)
 
     def _end(self) -> float:
         own = time.monotonic() + self.policy.deadline

@@ -1,0 +1,76 @@
+"""Admin endpoints: purge the cached objects of a library path from every tier and replica.
+
+Guarded by ``server.admin_token`` (a bearer token compared in constant time) until accounts
+bring an admin role; with no token configured the endpoints are off.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from backends import paths
+from backends.errors import MediaNotFound
+from gateway.errors import problem
+from gateway.library import Library
+
+MAX_BODY = 16 * 1024
+
+
+class PurgeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    # A library path: a file, or a folder (everything under it); "" is the whole library.
+    path: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class Admin:
+    def __init__(self, library: Library, token: str) -> None:
+        self.library = library
+        self.token = token.encode()
+
+    def _refused(self, request: Request) -> Response | None:
+        if not self.token:
+            return problem(403, "Forbidden", "admin endpoints are off: set server.admin_token")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.token
+        ):
+            return problem(
+                401,
+                "Unauthorized",
+                "a valid admin bearer token is required",
+                {"www-authenticate": 'Bearer realm="clipsync-admin"'},
+            )
+        return None
+
+    async def purge(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return problem(413, "Content Too Large", f"the body may be {MAX_BODY} bytes")
+        try:
+            wanted = msgspec.json.decode(body, type=PurgeRequest)
+            path = paths.clean(wanted.path)
+        except msgspec.DecodeError as exc:
+            return problem(400, "Bad Request", f'expected {{"path": "<library path>"}}: {exc}')
+        except MediaNotFound as exc:
+            return problem(400, "Bad Request", f"invalid path: {exc}")
+        result = await self.library.cache.purge(self.library.tags_of_path(path))
+        answer = {"path": path, "memory": result.memory, "redis": result.redis}
+        if self.library.cache.redis is not None and result.redis is None:
+            return problem(
+                503,
+                "Cache Tier Unavailable",
+                f"purged {result.memory} objects in this process, but the Redis tier (and with "
+                "it the other replicas) could not be reached: retry",
+                {"retry-after": "5"},
+            )
+        return JSONResponse(answer, headers={"cache-control": "no-store"})
