@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -30,11 +32,12 @@ def _unavailable(reason: str) -> None:
 class RedisServer:
     """A private redis-server on a free port (no persistence), to stop, pause and restart."""
 
-    def __init__(self, folder: Path, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, folder: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.folder = folder
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
         self.start()
 
     @property
@@ -50,9 +53,10 @@ class RedisServer:
             _unavailable("redis-server is not installed")
         assert binary is not None
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(self.folder), *self.args]
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        command += ["--appendonly", "no", "--dir", str(self.folder)]
+        command += ["--enable-debug-command", "local", *self.args]
+        self.log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -60,6 +64,7 @@ class RedisServer:
                     return
             except redis.RedisError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
@@ -67,6 +72,9 @@ class RedisServer:
             self.resume()
             stop_process(self.process)
             self.process = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def pause(self) -> None:
         assert self.process is not None
@@ -75,6 +83,20 @@ class RedisServer:
     def resume(self) -> None:
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
 
 
 @pytest.fixture

@@ -6,7 +6,16 @@ import asyncio
 
 import pytest
 
-from backends.cache import ByteBudgetLRU, SingleFlight
+from backends.cache import (
+    ByteBudgetLRU,
+    CircuitBreaker,
+    MemoryTier,
+    RedisURLError,
+    SingleFlight,
+    keys,
+    tags_for,
+)
+from backends.cache.redis_tier import display, parse_url
 
 
 def test_budget_holds_and_evicts_least_recently_used() -> None:
@@ -86,3 +95,165 @@ async def test_single_flight_shares_failure_and_survives_a_cancelled_caller() ->
         return 7
 
     assert await flight.run("k", fine) == 7
+
+
+# Expiry and purge tags ---------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_expired_values_are_misses_and_free_their_bytes() -> None:
+    clock = Clock()
+    cache: ByteBudgetLRU[str] = ByteBudgetLRU(100, clock)
+    cache.put("short", "S", 10, ttl=5)
+    cache.put("long", "L", 10, ttl=50)
+    clock.now = 4.9
+    assert cache.get("short") == "S"
+    clock.now = 5.0
+    assert cache.get("short") is None
+    assert cache.get("long") == "L"
+    assert cache.used == 10
+    cache.put("none", "N", 10, ttl=0)  # a zero lifetime keeps nothing
+    assert cache.get("none") is None
+
+
+def test_purge_drops_values_carrying_a_tag() -> None:
+    cache: ByteBudgetLRU[str] = ByteBudgetLRU(100)
+    cache.put("a", "A", 10, tags={"movies", "movies/a.mp4"})
+    cache.put("b", "B", 10, tags={"movies", "movies/b.mp4"})
+    cache.put("c", "C", 10, tags={"shows"})
+    assert cache.purge(frozenset({"movies/a.mp4"})) == 1
+    assert cache.purge(frozenset({"movies", "nothing"})) == 1
+    assert [cache.get(k) for k in "abc"] == [None, None, "C"]
+    assert cache.used == 10
+
+
+def test_memory_tier_budgets_are_per_kind() -> None:
+    tier = MemoryTier({"index": 100, "segment": 50})
+    tier.put("index", "i", "I", 80, 60, ())
+    for n in range(10):
+        tier.put("segment", f"s{n}", "S", 20, 60, ())  # segments churn...
+    assert tier.get("index", "i") == "I"  # ...without pushing out the index
+    assert tier.lrus["segment"].used <= 50
+    assert tier.lrus["segment"].stats.evictions == 8
+
+
+@pytest.mark.parametrize(
+    ("paths", "purged_by", "kept_by"),
+    [
+        (("movies/b/720p.mp4",), ["", "movies", "movies/b", "movies/b/720p.mp4"], ["movies/b/7"]),
+        (("a.mp4",), ["", "a.mp4"], ["a", "a.mp4/main"]),
+        (("x/1.mp4", "y/2.mp4"), ["x", "y", "y/2.mp4"], ["x/2.mp4", "z"]),
+    ],
+)
+def test_tags_cover_each_source_and_every_folder_above(
+    paths: tuple[str, ...], purged_by: list[str], kept_by: list[str]
+) -> None:
+    tags = tags_for("lib", *paths)
+    assert all(keys.tag("lib", p) in tags for p in purged_by)
+    assert not any(keys.tag("lib", p) in tags for p in kept_by)
+    assert keys.tag("other-lib", paths[0]) not in tags  # libraries never share tags
+
+
+# The circuit breaker ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("events", "states"),
+    [
+        # two failures of three: still closed; a success resets the count
+        ("ffsff", ["closed", "closed", "closed", "closed", "closed"]),
+        # the third failure in a row opens it
+        ("fff", ["closed", "closed", "open"]),
+        # after the cooldown one probe goes through; its success closes
+        ("fff+ps", ["closed", "closed", "open", "half-open", "open", "closed"]),
+        # a failed probe opens it again for another cooldown
+        ("fff+pf", ["closed", "closed", "open", "half-open", "open", "open"]),
+        # a cancelled probe lets the next one through
+        ("fff+pr", ["closed", "closed", "open", "half-open", "open", "half-open"]),
+    ],
+)
+def test_breaker_states(events: str, states: list[str]) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=3, cooldown=2.0, clock=clock)
+    seen = []
+    for event in events:
+        if event == "f":
+            assert breaker.allow() or breaker.state != "closed"
+            breaker.failure()
+        elif event == "s":
+            breaker.success()
+        elif event == "+":
+            clock.now += 2.0
+        elif event == "p":
+            assert breaker.allow()  # the probe
+            assert not breaker.allow()  # only one at a time
+        elif event == "r":
+            breaker.release()
+        seen.append(breaker.state)
+    assert seen == states
+
+
+def test_open_breaker_refuses_calls_until_the_cooldown() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=5.0, clock=clock)
+    breaker.failure()
+    assert breaker.trips == 1
+    clock.now = 4.9
+    assert not breaker.allow()
+    clock.now = 5.0
+    assert breaker.allow()
+
+
+# Redis URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "mode", "detail"),
+    [
+        ("redis://localhost:6379/0", "standalone", "redis://localhost:6379/0"),
+        ("rediss://:pw@cache.example:6380/1", "standalone", "rediss://:pw@cache.example:6380/1"),
+        ("unix:///run/redis.sock?db=2", "standalone", "unix:///run/redis.sock?db=2"),
+        ("redis+cluster://node1:7000", "cluster", "redis://node1:7000"),
+        ("rediss+cluster://u:p@node1:7000", "cluster", "rediss://u:p@node1:7000"),
+        ("redis+sentinel://s1:26379,s2:26379/mymaster", "sentinel", "mymaster/0"),
+        ("redis+sentinel://:secret@s1:26379/cache/3", "sentinel", "cache/3"),
+    ],
+)
+def test_redis_urls(url: str, mode: str, detail: str) -> None:
+    target = parse_url(url)
+    assert target.mode == mode
+    if mode == "sentinel":
+        assert f"{target.service}/{target.db}" == detail
+        assert target.sentinels[0][1] == 26379
+    else:
+        assert target.url == detail
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://localhost:6379", "unsupported Redis URL scheme"),
+        ("redis+shard://h:1", "unsupported Redis URL scheme"),
+        ("redis://", "names no host"),
+        ("redis+sentinel://s1/mymaster", "is not host:port"),
+        ("redis+sentinel://s1:26379", "must end in /service-name"),
+        ("redis+sentinel://:hunter2@s1:26379/a/b/c", "must end in /service-name"),
+    ],
+)
+def test_bad_redis_urls_are_refused_without_their_password(url: str, message: str) -> None:
+    with pytest.raises(RedisURLError, match=message) as caught:
+        parse_url(url)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_redis_url_is_shown_without_its_password() -> None:
+    assert display("redis://user:hunter2@h:1/0") == "redis://user:***@h:1/0"
+    assert display("rediss://:hunter2@h:1") == "rediss://***@h:1"
+    assert display("redis://h:1") == "redis://h:1"

@@ -32,11 +32,14 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
 )
 from redis.exceptions import (
-    RedisError,
-    ResponseError,
+    ConnectionError as RedisConnectionError,
 )
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
@@ -165,12 +168,11 @@ def _classify(exc: BaseException) -> tuple[str, bool]:
     """(error class for metrics and logs, whether it means Redis is unreachable)."""
     if isinstance(exc, RedisTimeoutError | TimeoutError):
         return "timeout", True
+    if isinstance(exc, OutOfMemoryError):
+        return "full", False  # reads still work: keep asking
+    if isinstance(exc, ReadOnlyError | BusyLoadingError | MasterDownError):
+        return "unavailable", True  # a replica after failover, a server loading its data
     if isinstance(exc, ResponseError):
-        text = str(exc)
-        if text.startswith("OOM"):
-            return "full", False
-        if text.startswith(("READONLY", "LOADING", "MASTERDOWN")):
-            return "unavailable", True
         return "error", False
     if isinstance(exc, RedisConnectionError | OSError):
         return "connection", True
@@ -216,6 +218,7 @@ class RedisTier:
         self.stats = RedisStats({}, {}, {}, {}, {})
         self._throttle = ThrottledLog(log, 10.0)
         self._was_open = False
+        self._cluster_unready = isinstance(client, RedisCluster)
 
     # Plumbing -------------------------------------------------------------------------------
 
@@ -238,12 +241,19 @@ class RedisTier:
             return UNAVAILABLE
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout):
+            if self._cluster_unready:
+                # Discovering the slot map is left to the socket timeouts: cancelling it midway
+                # leaks the connections it opened.
+                await self.client.initialize()
+                self._cluster_unready = False
+            # The socket timeouts (redis_timeout) end a stuck call cleanly; this outer clock is
+            # only the backstop for what they do not cover (waiting for a pooled connection).
+            async with asyncio.timeout(self.timeout * 2 + 0.1):
                 result = await fn()
         except asyncio.CancelledError:
             self.breaker.release()
             raise
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # any client failure (even a bug of its own) only costs the cache
             self._failed(op, exc)
             return UNAVAILABLE
         if self.latency is not None:
@@ -403,8 +413,11 @@ class RedisTier:
         """Runs until cancelled: applies other replicas' purges; reconnects by itself."""
         delay = 0.5
         while True:
-            pubsub = self.client.pubsub()
+            pubsub = None
             try:
+                if isinstance(self.client, RedisCluster):
+                    await self.client.initialize()  # its pubsub needs the slot map
+                pubsub = self.client.pubsub()
                 await pubsub.subscribe(self.channel)
                 delay = 0.5
                 while True:
@@ -420,17 +433,23 @@ class RedisTier:
                         continue
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # this loop must outlive any client trouble
                 self._throttle.warn(
                     f"redis cache tier at {self.where}: purge subscription lost "
                     f"({type(exc).__name__}); resubscribing"
                 )
             finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pubsub.aclose())
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.aclose()
+        # A Sentinel-managed client also holds connections to the sentinels themselves.
+        manager = getattr(getattr(self.client, "connection_pool", None), "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            with contextlib.suppress(Exception):
+                await sentinel.aclose()
