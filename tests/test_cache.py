@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,10 @@ from backends.cache import (
     tags_for,
 )
 from backends.cache.redis_tier import display, parse_url
+from gateway.cli import main
+from tests.conftest import app_client
+from tests.media import MediaLibrary
+from tests.metrics import scrape
 
 
 def test_budget_holds_and_evicts_least_recently_used() -> None:
@@ -257,3 +262,54 @@ def test_redis_url_is_shown_without_its_password() -> None:
     assert display("redis://user:hunter2@h:1/0") == "redis://user:***@h:1/0"
     assert display("rediss://:hunter2@h:1") == "rediss://***@h:1"
     assert display("redis://h:1") == "redis://h:1"
+
+
+# The in-process tier in the gateway ---------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_segment_budget_holds_under_traffic(media: MediaLibrary) -> None:
+    media.ladder()
+    budget_mb = 0.5  # smaller than the fixture's segments together
+    urls = [f"/vod/ladder/{r}/seg-{n}.m4s" for r in ("360p", "240p", "180p") for n in (1, 2)]
+    async with app_client(media.root, cache={"segment_budget_mb": budget_mb}) as (client, _):
+        replies = [await client.get(url) for url in urls]
+        sizes = [len(r.content) for r in replies if r.status_code == 200]
+        again = await client.get(urls[-1])  # the most recent one is still held
+        seen = await scrape(client)
+    assert len(sizes) == len(urls)
+    assert sum(sizes) > budget_mb * 2**20
+    held = seen.value("clipsync_cache_bytes", tier="memory", kind="segment")
+    assert 0 < held <= budget_mb * 2**20
+    assert seen.value("clipsync_cache_evictions_total", tier="memory", kind="segment") > 0
+    assert seen.value("clipsync_cache_hits_total", tier="memory", kind="segment") == 1
+    assert seen.value("clipsync_cache_builds_total", kind="segment") == len(urls)
+    assert again.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_segments_can_be_kept_out_of_memory(media: MediaLibrary) -> None:
+    media.good("h264_30fps_bframes")
+    url = "/vod/h264_30fps_bframes.mp4/main/seg-1.m4s"
+    async with app_client(media.root, cache={"segment_budget_mb": 0}) as (client, _):
+        first, second = [await client.get(url) for _ in range(2)]
+        seen = await scrape(client)
+    assert first.content == second.content
+    assert seen.value("clipsync_cache_builds_total", kind="segment") == 2
+    assert seen.value("clipsync_cache_bytes", tier="memory", kind="segment") == 0
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "message"),
+    [
+        ("http://cache:6379", "cache.redis_url: unsupported Redis URL scheme"),
+        ("redis+sentinel://:hunter2@s1/x", "is not host:port"),
+    ],
+)
+def test_serve_refuses_a_bad_redis_url(
+    redis_url: str, message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["serve", "--library", str(tmp_path), "--redis", redis_url]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "hunter2" not in err
