@@ -89,6 +89,7 @@ SECRET_FIELDS = frozenset(
         "s3_session_token",
         "redis_url",  # may carry a password
         "admin_token",
+        "url",  # the catalog's database URL may carry a password
     }
 )
 
@@ -139,6 +140,12 @@ class CacheSettings(_Section, frozen=True):
     lock_wait: Annotated[float, Meta(ge=0.0, le=600.0)] = 2.0
 
 
+class CatalogSettings(_Section, frozen=True):
+    # sqlite:///path/file.db (the default, embedded) or postgresql://user:password@host/db.
+    url: Annotated[str, Meta(min_length=1, max_length=4096)] = "sqlite:///./data/catalog.sqlite3"
+    pool_size: Annotated[int, Meta(ge=1, le=1000)] = 10
+
+
 class ServerSettings(_Section, frozen=True):
     host: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65_535)] = 8080
@@ -160,6 +167,7 @@ class Settings(_Section, frozen=True):
     storage: StorageSettings = StorageSettings()
     vod: VodSettings = VodSettings()
     cache: CacheSettings = CacheSettings()
+    catalog: CatalogSettings = CatalogSettings()
     server: ServerSettings = ServerSettings()
     player: PlayerSettings = PlayerSettings()
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from backends.blocking import BlockingRunner
 from backends.cache import RedisURLError
 from backends.cache.redis_tier import display as display_redis_url
@@ -60,7 +62,43 @@ def parser() -> argparse.ArgumentParser:
     )
     _common(demo)
     demo.add_argument("--duration", type=float, default=20.0, help="demo length in seconds")
+    db = commands.add_parser("db", help="the catalog database's schema")
+    db.add_argument(
+        "action", choices=["upgrade", "status"], help="migrate to the newest schema, or show it"
+    )
+    db.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
+    db.add_argument("--catalog", help="catalog database URL (sqlite:///file or postgresql://...)")
     return root
+
+
+def _db(action: str, settings: Settings) -> int:
+    import asyncio
+
+    from backends import catalog
+
+    async def run() -> catalog.SchemaState:
+        engine = catalog.engines.create(settings.catalog.url)
+        try:
+            if action == "upgrade":
+                return await catalog.upgrade(engine)
+            return await catalog.state(engine)
+        finally:
+            await engine.dispose()
+
+    where = catalog.engines.display(settings.catalog.url)
+    try:
+        found = asyncio.run(run())
+    except catalog.CatalogURLError as exc:
+        raise SettingsError(str(exc)) from None
+    except (OSError, SQLAlchemyError) as exc:
+        print(
+            f"clipsync: error: catalog {where}: {type(exc).__name__}: cannot reach it",
+            file=sys.stderr,
+        )
+        return 1
+    verdict = "up to date" if found.ready else "behind: run `clipsync db upgrade`"
+    print(f"catalog {where}: schema {found.current or 'empty'} (newest {found.head}), {verdict}")
+    return 0
 
 
 def generate_demo(folder: Path, duration: float) -> None:
@@ -129,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo" and args.library is None:
             args.library = "./data"
+        if args.command == "db":
+            overrides = {"catalog": {"url": args.catalog}} if args.catalog else {}
+            return _db(args.action, load(args.config, overrides=overrides))
         settings = load(args.config, overrides=_overrides(args))
         if args.command == "demo":
             library = settings.storage.library.removeprefix("file://")

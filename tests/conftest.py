@@ -18,7 +18,12 @@ from gateway.app import create_app
 from tests.media import MediaLibrary
 from tests.serving import Server, run_server, stop_server
 
-pytest_plugins = ["tests.stores", "tests.backends", "tests.redis_fixtures"]
+pytest_plugins = [
+    "tests.stores",
+    "tests.backends",
+    "tests.redis_fixtures",
+    "tests.catalog_fixtures",
+]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

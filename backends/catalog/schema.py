@@ -1,0 +1,148 @@
+"""The catalog's tables as SQLAlchemy Core objects: what queries are written against.
+
+Migrations (``migrations/versions``) create and change these tables; this module must always
+describe the schema at the newest revision. Full-text search lives outside these objects because
+it is dialect-specific: an FTS5 table kept in step by triggers on SQLite, a generated
+``tsvector`` column with a GIN index on PostgreSQL (see the first migration).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+PRIVACY: Final = ("public", "unlisted", "private")
+STATUS: Final = ("uploading", "uploaded", "processing", "playable", "ready", "failed")
+ROLES: Final = ("user", "admin")
+
+# Constraint names are fixed so migrations can name what they change on every dialect.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _when(name: str) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=False)
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),  # normalised by the caller
+    Column("password_hash", String(255)),
+    Column("role", String(16), nullable=False, server_default="user"),
+    Column("disabled", Boolean, nullable=False, server_default="0"),
+    _when("created_at"),
+    _when("updated_at"),
+    CheckConstraint("role IN ('user', 'admin')", name="role"),
+)
+
+videos = Table(
+    "videos",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("tags", JSON, nullable=False),  # list of strings, as given
+    Column("tags_text", Text, nullable=False, server_default=""),  # what search indexes
+    Column("privacy", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("failure_reason", Text),
+    Column("duration_ms", BigInteger),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("original_path", String(1024)),
+    Column("original_size", BigInteger),
+    Column("original_md5", String(32)),
+    Column("views", BigInteger, nullable=False, server_default="0"),
+    Column("likes", BigInteger, nullable=False, server_default="0"),
+    Column("comments", BigInteger, nullable=False, server_default="0"),
+    _when("created_at"),
+    _when("updated_at"),
+    CheckConstraint("privacy IN ('public', 'unlisted', 'private')", name="privacy"),
+    CheckConstraint(
+        "status IN ('uploading', 'uploaded', 'processing', 'playable', 'ready', 'failed')",
+        name="status",
+    ),
+    Index(None, "owner_id", "created_at"),
+    Index(None, "privacy", "status", "created_at", "id"),
+    Index(None, "privacy", "status", "views", "id"),
+)
+
+renditions = Table(
+    "renditions",
+    metadata,
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("bandwidth", Integer, nullable=False),
+    Column("width", Integer),
+    Column("height", Integer),
+    PrimaryKeyConstraint("video_id", "name"),
+)
+
+video_tags = Table(
+    "video_tags",
+    metadata,
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("tag", String(64), nullable=False),  # lower-cased: related videos match on it
+    PrimaryKeyConstraint("video_id", "tag"),
+    Index(None, "tag"),
+)
+
+comments = Table(
+    "comments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("body", Text, nullable=False),
+    _when("created_at"),
+    Index(None, "video_id", "created_at", "id"),
+)
+
+likes = Table(
+    "likes",
+    metadata,
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    _when("created_at"),
+    PrimaryKeyConstraint("video_id", "user_id"),
+)
+
+view_days = Table(
+    "view_days",
+    metadata,
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("views", BigInteger, nullable=False, server_default="0"),
+    Column("watch_ms", BigInteger, nullable=False, server_default="0"),
+    Column("completions", BigInteger, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("video_id", "day"),
+    Index(None, "day"),
+)

@@ -1,0 +1,184 @@
+"""The catalog store: users and videos over SQLAlchemy Core, the same code on SQLite and
+PostgreSQL. Every write runs in one transaction; a failed write changes no row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from backends.catalog import schema
+from backends.catalog.records import (
+    NewVideo,
+    Rendition,
+    Role,
+    User,
+    Video,
+    VideoChanges,
+    new_id,
+)
+from backends.errors import ClipSyncError
+
+
+class Conflict(ClipSyncError):
+    """The write contradicts what is stored (a taken email, a missing owner)."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes: they were written in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def normalise_tags(tags: Sequence[str]) -> list[str]:
+    """Trimmed, without empties or case-insensitive repeats, in the order given."""
+    seen: set[str] = set()
+    out = []
+    for tag in tags:
+        clean = " ".join(tag.split())
+        if clean and clean.casefold() not in seen:
+            seen.add(clean.casefold())
+            out.append(clean)
+    return out
+
+
+def _tag_rows(video_id: str, tags: list[str]) -> list[dict[str, str]]:
+    return [{"video_id": video_id, "tag": tag.casefold()} for tag in tags]
+
+
+class Catalog:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # Users ----------------------------------------------------------------------------------
+
+    async def create_user(
+        self, email: str, password_hash: str | None = None, role: Role = "user"
+    ) -> User:
+        now = _now()
+        row: dict[str, Any] = {
+            "id": new_id(),
+            "email": email,
+            "password_hash": password_hash,
+            "role": role,
+            "disabled": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(schema.users).values(**row))
+        except IntegrityError:
+            raise Conflict("a user with this email exists") from None
+        return User(id=row["id"], email=email, role=role, disabled=False, created_at=now)
+
+    async def get_user(self, user_id: str) -> User | None:
+        t = schema.users
+        query = select(t.c.id, t.c.email, t.c.role, t.c.disabled, t.c.created_at).where(
+            t.c.id == user_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None
+        return User(**{**row, "created_at": _aware(row["created_at"])})
+
+    # Videos ---------------------------------------------------------------------------------
+
+    async def create_video(self, owner_id: str, new: NewVideo) -> Video:
+        now = _now()
+        tags = normalise_tags(new.tags)
+        video_id = new_id()
+        row: dict[str, Any] = {
+            "id": video_id,
+            "owner_id": owner_id,
+            "title": new.title,
+            "description": new.description,
+            "tags": tags,
+            "tags_text": " ".join(tags),
+            "privacy": new.privacy,
+            "status": new.status,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(schema.videos).values(**row))
+                if tags:
+                    await conn.execute(insert(schema.video_tags), _tag_rows(video_id, tags))
+        except IntegrityError:
+            raise Conflict("the owner of this video does not exist") from None
+        video = await self.get_video(video_id)
+        assert video is not None
+        return video
+
+    async def get_video(self, video_id: str) -> Video | None:
+        async with self.engine.connect() as conn:
+            return await self._video(conn, video_id)
+
+    async def _video(self, conn: AsyncConnection, video_id: str) -> Video | None:
+        v = schema.videos
+        columns = [c for c in v.c if c.name != "tags_text"]
+        row = (await conn.execute(select(*columns).where(v.c.id == video_id))).first()
+        if row is None:
+            return None
+        r = schema.renditions
+        found = await conn.execute(
+            select(r.c.name, r.c.path, r.c.bandwidth, r.c.width, r.c.height)
+            .where(r.c.video_id == video_id)
+            .order_by(r.c.bandwidth.desc())
+        )
+        renditions = [Rendition(**item._asdict()) for item in found]
+        fields = row._asdict()
+        fields["created_at"] = _aware(fields["created_at"])
+        fields["updated_at"] = _aware(fields["updated_at"])
+        return Video(**fields, renditions=renditions)
+
+    async def update_video(self, video_id: str, changes: VideoChanges) -> Video | None:
+        values: dict[str, Any] = msgspec.structs.asdict(changes)
+        values = {k: v for k, v in values.items() if v is not msgspec.UNSET}
+        tags = None
+        if "tags" in values:
+            tags = normalise_tags(values["tags"])
+            values["tags"] = tags
+            values["tags_text"] = " ".join(tags)
+        values["updated_at"] = _now()
+        v = schema.videos
+        async with self.engine.begin() as conn:
+            done = await conn.execute(update(v).where(v.c.id == video_id).values(**values))
+            if done.rowcount == 0:
+                return None
+            if tags is not None:
+                t = schema.video_tags
+                await conn.execute(delete(t).where(t.c.video_id == video_id))
+                if tags:
+                    await conn.execute(insert(t), _tag_rows(video_id, tags))
+            return await self._video(conn, video_id)
+
+    async def set_renditions(self, video_id: str, renditions: Sequence[Rendition]) -> None:
+        r = schema.renditions
+        rows = [{"video_id": video_id, **msgspec.structs.asdict(x)} for x in renditions]
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(r).where(r.c.video_id == video_id))
+            if rows:
+                await conn.execute(insert(r), rows)
+
+    async def delete_video(self, video_id: str) -> Video | None:
+        """Removes the video and everything hanging off it; returns what was removed."""
+        v = schema.videos
+        async with self.engine.begin() as conn:
+            video = await self._video(conn, video_id)
+            if video is not None:
+                await conn.execute(delete(v).where(v.c.id == video_id))
+        return video

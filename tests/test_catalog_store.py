@@ -1,0 +1,192 @@
+"""The catalog store on SQLite and PostgreSQL: migrations from an empty database, users and
+videos, and what a failed write leaves behind (nothing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backends.catalog import (
+    Catalog,
+    CatalogOutdated,
+    Conflict,
+    NewVideo,
+    Rendition,
+    VideoChanges,
+    check,
+    downgrade,
+    state,
+    upgrade,
+)
+from backends.catalog.store import normalise_tags
+from gateway.cli import main
+from tests.serving import free_port
+
+pytestmark = pytest.mark.anyio
+
+TABLES = {"users", "videos", "renditions", "video_tags", "comments", "likes", "view_days"}
+
+
+async def _tables(engine: AsyncEngine) -> set[str]:
+    def names(conn: object) -> set[str]:
+        from sqlalchemy import inspect
+
+        return set(inspect(conn).get_table_names())
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(names)
+
+
+async def test_migrations_from_an_empty_database(empty_catalog: AsyncEngine) -> None:
+    before = await state(empty_catalog)
+    assert before.current is None
+    with pytest.raises(CatalogOutdated, match="empty: run `clipsync db upgrade`"):
+        await check(empty_catalog)
+    after = await upgrade(empty_catalog)
+    assert after.ready
+    assert await _tables(empty_catalog) >= TABLES
+    assert (await check(empty_catalog)).current == after.head
+    # Down to nothing and up again: every migration can be undone.
+    await downgrade(empty_catalog, "base")
+    assert not (TABLES & await _tables(empty_catalog))
+    assert (await upgrade(empty_catalog)).ready
+
+
+async def test_a_schema_from_a_newer_release_is_refused(catalog: Catalog) -> None:
+    async with catalog.engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = 'fffffffff'"))
+    with pytest.raises(CatalogOutdated, match=r"does not know .*upgrade ClipSync"):
+        await check(catalog.engine)
+
+
+async def test_users_have_unique_emails(catalog: Catalog) -> None:
+    user = await catalog.create_user("ada@example.com")
+    with pytest.raises(Conflict):
+        await catalog.create_user("ada@example.com")
+    assert await catalog.get_user(user.id) == user
+    assert await catalog.get_user("nobody") is None
+
+
+async def test_video_round_trip(catalog: Catalog) -> None:
+    owner = await catalog.create_user("owner@example.com")
+    video = await catalog.create_video(
+        owner.id,
+        NewVideo(
+            title="Robert'); DROP TABLE videos;--",
+            description="ünïcödé ✓ 🎬",
+            tags=[" Cats ", "cats", "", "dogs  and   birds"],
+            privacy="unlisted",
+        ),
+    )
+    assert len(video.id) == 16
+    assert video.tags == ["Cats", "dogs and birds"]
+    assert video.status == "uploading"
+    assert video.created_at.tzinfo is not None
+    assert await catalog.get_video(video.id) == video
+
+    await catalog.set_renditions(
+        video.id,
+        [
+            Rendition(name="360p", path=f"videos/{video.id}/360p.mp4", bandwidth=800_000),
+            Rendition(name="720p", path=f"videos/{video.id}/720p.mp4", bandwidth=3_000_000),
+        ],
+    )
+    changed = await catalog.update_video(
+        video.id, VideoChanges(title="New title", tags=["birds"], status="ready", width=1280)
+    )
+    assert changed is not None
+    assert changed.title == "New title"
+    assert changed.tags == ["birds"]
+    assert changed.description == video.description  # untouched
+    assert [r.name for r in changed.renditions] == ["720p", "360p"]  # by bandwidth
+    assert changed.updated_at >= video.updated_at
+    assert await catalog.update_video("missing", VideoChanges(title="x")) is None
+
+    removed = await catalog.delete_video(video.id)
+    assert removed is not None
+    assert removed.id == video.id
+    assert await catalog.get_video(video.id) is None
+    async with catalog.engine.connect() as conn:
+        for table in ("renditions", "video_tags"):
+            left = await conn.execute(text(f"SELECT count(*) FROM {table}"))  # noqa: S608
+            assert left.scalar() == 0, table
+
+
+async def test_a_video_needs_an_existing_owner(catalog: Catalog) -> None:
+    with pytest.raises(Conflict):
+        await catalog.create_video("no-such-user", NewVideo(title="orphan"))
+    async with catalog.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM videos"))).scalar() == 0
+
+
+async def test_full_text_index_follows_every_write(catalog: Catalog) -> None:
+    owner = await catalog.create_user("fts@example.com")
+    video = await catalog.create_video(
+        owner.id, NewVideo(title="Sailing boats", description="A calm harbour", tags=["sea"])
+    )
+
+    async def found(word: str) -> bool:
+        if catalog.engine.dialect.name == "sqlite":
+            query = (
+                "SELECT v.id FROM videos_fts JOIN videos v ON v.rowid = videos_fts.rowid "
+                "WHERE videos_fts MATCH :q"
+            )
+        else:
+            query = "SELECT id FROM videos WHERE search @@ plainto_tsquery('english', :q)"
+        async with catalog.engine.connect() as conn:
+            ids = [row[0] for row in await conn.execute(text(query), {"q": word})]
+        return video.id in ids
+
+    assert await found("boat")  # stemmed on both engines
+    assert await found("harbour")
+    assert await found("sea")
+    await catalog.update_video(video.id, VideoChanges(title="Mountain hikes", tags=["alps"]))
+    assert not await found("boat")
+    assert await found("hike")
+    assert await found("alps")
+    await catalog.delete_video(video.id)
+    assert not await found("hike")
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        (["a", "A", " a "], ["a"]),
+        (["", "  ", "x"], ["x"]),
+        (["Deep  Sea", "deep sea"], ["Deep Sea"]),
+        (["ß", "SS"], ["ß"]),  # casefold: the same tag
+    ],
+)
+def test_tags_are_normalised(given: list[str], kept: list[str]) -> None:
+    assert normalise_tags(given) == kept
+
+
+def test_clipsync_db_upgrade_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/db/catalog.sqlite3"
+    assert main(["db", "status", "--catalog", url]) == 0
+    assert "schema empty" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--catalog", url]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--catalog", url]) == 0  # a second run changes nothing
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "message"),
+    [
+        ("mysql://u@h/db", 2, "scheme 'mysql' is not supported"),
+        ("sqlite://", 2, "must name a SQLite file"),
+        ("not a url", 2, "not a database URL"),
+        (f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db", 1, "cannot reach it"),
+    ],
+)
+def test_clipsync_db_refuses_bad_urls(
+    url: str, code: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "upgrade", "--catalog", url]) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert "hunter2" not in err
