@@ -26,6 +26,26 @@ class MisalignedLadder(BadMedia):
     """Renditions of one asset do not share segment boundaries, so ABR switching would break."""
 
 
+class NotFound(ClipSyncError):
+    """A catalog object (video, comment, user) that does not exist or may not be seen."""
+
+
+class InvalidRequest(ClipSyncError):
+    """A request body or parameter that breaks the API's rules; the message says which."""
+
+
+class RequestTooLarge(InvalidRequest):
+    """A request body past the endpoint's limit."""
+
+
+class Unauthorized(ClipSyncError):
+    """No valid credentials where they are required."""
+
+
+class Forbidden(ClipSyncError):
+    """Valid credentials that do not allow this (someone else's video, a missing role)."""
+
+
 class SegmentOutOfRange(ClipSyncError):
     """A segment number or URL that the plan of this asset does not contain."""
 
@@ -43,3 +63,11 @@ class SourceChanged(StorageUnavailable):
 
     def __init__(self, path: str) -> None:
         super().__init__(f"{path} changed while being read; retry", retry_after=1)
+
+
+class Conflict(ClipSyncError):
+    """The write contradicts what is stored (a taken email, a missing owner)."""
+
+
+class CatalogUnavailable(ClipSyncError):
+    """The catalog database cannot answer now (down, unreachable, schema not ready)."""

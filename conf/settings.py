@@ -89,6 +89,7 @@ SECRET_FIELDS = frozenset(
         "s3_session_token",
         "redis_url",  # may carry a password
         "admin_token",
+        "jwt_secret",
         "url",  # the catalog's database URL may carry a password
     }
 )
@@ -146,6 +147,14 @@ class CatalogSettings(_Section, frozen=True):
     pool_size: Annotated[int, Meta(ge=1, le=1000)] = 10
 
 
+class AuthSettings(_Section, frozen=True):
+    # HS256 key of access tokens (at least 32 bytes; the same on every replica) and its key id.
+    # Empty: the API's signed-in endpoints answer 401 (accounts are not configured).
+    jwt_secret: Annotated[str, Meta(max_length=8192)] = ""
+    jwt_kid: Annotated[str, Meta(min_length=1, max_length=64)] = "k1"
+    access_ttl: Annotated[int, Meta(ge=60, le=86_400)] = 900
+
+
 class ServerSettings(_Section, frozen=True):
     host: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65_535)] = 8080
@@ -168,6 +177,7 @@ class Settings(_Section, frozen=True):
     vod: VodSettings = VodSettings()
     cache: CacheSettings = CacheSettings()
     catalog: CatalogSettings = CatalogSettings()
+    auth: AuthSettings = AuthSettings()
     server: ServerSettings = ServerSettings()
     player: PlayerSettings = PlayerSettings()
 

@@ -15,10 +15,9 @@ from starlette.responses import JSONResponse, Response
 
 from backends import paths
 from backends.errors import MediaNotFound
+from gateway.api import http
 from gateway.errors import problem
 from gateway.library import Library
-
-MAX_BODY = 16 * 1024
 
 
 class PurgeRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,16 +50,9 @@ class Admin:
         refused = self._refused(request)
         if refused is not None:
             return refused
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return problem(413, "Content Too Large", f"the body may be {MAX_BODY} bytes")
+        wanted = await http.body(request, PurgeRequest)
         try:
-            wanted = msgspec.json.decode(body, type=PurgeRequest)
             path = paths.clean(wanted.path)
-        except msgspec.DecodeError as exc:
-            return problem(400, "Bad Request", f'expected {{"path": "<library path>"}}: {exc}')
         except MediaNotFound as exc:
             return problem(400, "Bad Request", f"invalid path: {exc}")
         result = await self.library.cache.purge(self.library.tags_of_path(path))

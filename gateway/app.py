@@ -12,14 +12,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from auth.tokens import from_settings as access_tokens
 from backends.blocking import BlockingRunner
 from backends.cache import metrics as cache_metrics
 from backends.cache import open_cache
+from backends.catalog import Catalog, engines
 from backends.errors import ClipSyncError
 from backends.storage import Storage, open_storage
 from conf import Settings, load_resolved
 from gateway import errors
 from gateway.admin import Admin
+from gateway.api import api_routes
 from gateway.cors import PublicCORS
 from gateway.library import Library
 from gateway.ranges import RangeNotSatisfiable
@@ -28,7 +31,9 @@ from gateway.routes import VodRoutes, healthz, metrics_page, player_page
 log = logging.getLogger("clipsync.gateway")
 
 
-def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
+def create_app(
+    settings: Settings, storage: Storage | None = None, catalog: Catalog | None = None
+) -> Starlette:
     runner = BlockingRunner(settings.server.blocking_threads)
     registry = CollectorRegistry()
     cache = open_cache(settings.cache, latency=cache_metrics.redis_latency(registry))
@@ -36,6 +41,10 @@ def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
     if storage is None:
         storage = open_storage(settings.storage, runner)
     library = Library(settings, storage, runner, cache)
+    if catalog is None:
+        catalog = Catalog(engines.create(settings.catalog.url, settings.catalog.pool_size))
+    auth = settings.auth
+    tokens = access_tokens(auth.jwt_secret, auth.jwt_kid, auth.access_ttl)
     vod = VodRoutes(library)
     admin = Admin(library, settings.server.admin_token)
     routes = [
@@ -44,6 +53,7 @@ def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_page(registry), methods=["GET"]),
         Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
+        *api_routes(catalog, tokens, storage, cache),
     ]
     middleware = [Middleware(PublicCORS)]
     handlers = {
@@ -57,12 +67,14 @@ def create_app(settings: Settings, storage: Storage | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await cache.close()  # pending cache writes, the purge subscription, Redis connections
+        await catalog.close()
         await storage.close()  # remote stores hold connection pools
 
     app = Starlette(
         routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
     )
     app.state.library = library
+    app.state.catalog = catalog
     return app
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from auth.tokens import from_settings as access_tokens
 from backends.blocking import BlockingRunner
 from backends.cache import RedisURLError
 from backends.cache.redis_tier import display as display_redis_url
@@ -77,6 +78,7 @@ def _db(action: str, settings: Settings) -> int:
     from backends import catalog
 
     async def run() -> catalog.SchemaState:
+        catalog.engines.make_folder(settings.catalog.url)
         engine = catalog.engines.create(settings.catalog.url)
         try:
             if action == "upgrade":
@@ -146,11 +148,20 @@ def _serve(settings: Settings) -> None:
         except RedisURLError as exc:
             raise SettingsError(f"cache.redis_url: {exc}") from None
         cache += f" + Redis {display_redis_url(settings.cache.redis_url)}"
+    try:
+        tokens = access_tokens(
+            settings.auth.jwt_secret, settings.auth.jwt_kid, settings.auth.access_ttl
+        )
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    schema = _prepare_catalog(settings.catalog.url)
     export(settings)  # granian workers load these exact settings
     server = settings.server
     base = f"http://{server.host}:{server.port}"
     library = display_url(settings.storage.library)
     print(f"ClipSync Edge serving {library} on {base} ({cache})", flush=True)
+    accounts = "on" if tokens is not None else "off (no auth.jwt_secret)"
+    print(f"Catalog {schema}; signed-in API {accounts}", flush=True)
     Granian(
         "gateway.app:factory",
         factory=True,
@@ -160,6 +171,36 @@ def _serve(settings: Settings) -> None:
         workers=server.workers,
         log_access=False,
     ).serve()
+
+
+def _prepare_catalog(url: str) -> str:
+    """Start-up check of the catalog: an empty embedded SQLite file gets the schema; any other
+    database must be at the newest revision, or serve stops with what to do."""
+    import asyncio
+
+    from backends import catalog
+
+    async def run() -> catalog.SchemaState:
+        embedded = catalog.engines.embedded(url)
+        catalog.engines.make_folder(url)
+        engine = catalog.engines.create(url)
+        try:
+            return await catalog.prepare(engine, create_if_empty=embedded)
+        finally:
+            await engine.dispose()
+
+    where = catalog.engines.display(url)
+    try:
+        found = asyncio.run(run())
+    except catalog.CatalogURLError as exc:
+        raise SettingsError(str(exc)) from None
+    except catalog.CatalogOutdated as exc:
+        raise SettingsError(f"catalog {where}: {exc}") from None
+    except (OSError, SQLAlchemyError) as exc:
+        raise SettingsError(
+            f"catalog {where}: cannot reach it ({type(exc).__name__}); check catalog.url"
+        ) from None
+    return f"{where} at schema {found.current}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

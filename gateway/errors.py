@@ -11,10 +11,17 @@ from starlette.responses import Response
 
 from backends.errors import (
     BadMedia,
+    CatalogUnavailable,
     ClipSyncError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
     MediaNotFound,
+    NotFound,
+    RequestTooLarge,
     SegmentOutOfRange,
     StorageUnavailable,
+    Unauthorized,
 )
 from gateway.ranges import RangeNotSatisfiable
 
@@ -23,6 +30,13 @@ log = logging.getLogger("clipsync.gateway")
 # Most specific first: UnsupportedMedia and MisalignedLadder are BadMedia.
 STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (MediaNotFound, 404, "Not Found"),
+    (NotFound, 404, "Not Found"),
+    (RequestTooLarge, 413, "Content Too Large"),
+    (InvalidRequest, 400, "Bad Request"),
+    (Unauthorized, 401, "Unauthorized"),
+    (Forbidden, 403, "Forbidden"),
+    (Conflict, 409, "Conflict"),
+    (CatalogUnavailable, 503, "Catalog Unavailable"),
     (SegmentOutOfRange, 404, "Not Found"),
     (BadMedia, 422, "Unprocessable Media"),
     (StorageUnavailable, 503, "Storage Unavailable"),
@@ -59,6 +73,10 @@ async def handle_domain(request: Request, exc: Exception) -> Response:
         headers["retry-after"] = str(exc.retry_after)
     if isinstance(exc, RangeNotSatisfiable):
         headers["content-range"] = f"bytes */{exc.size}"
+    if isinstance(exc, Unauthorized):
+        headers["www-authenticate"] = 'Bearer realm="clipsync"'
+    if isinstance(exc, CatalogUnavailable):
+        headers["retry-after"] = "5"
     if status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc)
     detail = str(exc) if isinstance(exc, ClipSyncError | RangeNotSatisfiable) else title

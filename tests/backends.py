@@ -16,6 +16,7 @@ from backends.storage import Storage, open_storage
 from conf import Settings
 from conf.settings import StorageSettings
 from gateway.app import create_app
+from tests.conftest import TEST_CATALOG
 from tests.media import CORRUPT, GOOD, MediaLibrary
 from tests.stores import Azurite, MotoS3, StaticHttp, nginx_binary
 
@@ -158,6 +159,7 @@ def settings_with(
     raw = msgspec.to_builtins(Settings(storage=storage))
     raw["vod"].update(vod)
     raw["cache"].update(cache or {})
+    raw["catalog"]["url"] = TEST_CATALOG
     return msgspec.convert(raw, Settings)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from conf.settings import StorageSettings
 from gateway.app import create_app
 from tests.media import MediaLibrary
 from tests.serving import Server, run_server, stop_server
+
+# Gateways started by tests keep their catalog here, never in the working directory.
+TEST_CATALOG = f"sqlite:///{tempfile.gettempdir()}/clipsync-tests-{os.getpid()}/catalog.sqlite3"
 
 pytest_plugins = [
     "tests.stores",
@@ -58,6 +62,7 @@ def settings_for(
     raw = msgspec.to_builtins(base)
     raw["vod"].update(vod)
     raw["cache"].update(cache or {})
+    raw["catalog"]["url"] = TEST_CATALOG
     return msgspec.convert(raw, Settings)
 
 

@@ -9,11 +9,13 @@ from backends.catalog.migrate import (
     SchemaState,
     check,
     downgrade,
+    prepare,
     state,
     upgrade,
 )
 from backends.catalog.records import NewVideo, Rendition, User, Video, VideoChanges
-from backends.catalog.store import Catalog, Conflict
+from backends.catalog.store import Catalog
+from backends.errors import Conflict
 
 __all__ = [
     "Catalog",
@@ -29,6 +31,7 @@ __all__ = [
     "check",
     "downgrade",
     "engines",
+    "prepare",
     "state",
     "upgrade",
 ]

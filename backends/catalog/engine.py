@@ -43,6 +43,17 @@ def parse(url: str) -> URL:
     return parsed
 
 
+def embedded(url: str) -> bool:
+    return parse(url).drivername.startswith("sqlite")
+
+
+def make_folder(url: str) -> None:
+    """Create the folder of a SQLite file (nothing for a server database)."""
+    parsed = parse(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def display(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -55,8 +66,6 @@ def create(url: str, pool_size: int = 10, schema: str | None = None) -> AsyncEng
     parsed = parse(url)
     options: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.drivername.startswith("sqlite"):
-        assert parsed.database is not None
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(parsed, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -91,3 +91,11 @@ async def check(engine: AsyncEngine) -> SchemaState:
         f"the catalog schema is at revision {found.current}, behind {found.head}: "
         "run `clipsync db upgrade`"
     )
+
+
+async def prepare(engine: AsyncEngine, create_if_empty: bool) -> SchemaState:
+    """What the gateway runs at start-up: an empty embedded database gets the schema (nothing
+    can be lost), anything else must already be at the newest revision (``check``)."""
+    if create_if_empty and (await state(engine)).current is None:
+        return await upgrade(engine)
+    return await check(engine)

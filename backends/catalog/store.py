@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, Select, delete, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,11 +22,7 @@ from backends.catalog.records import (
     VideoChanges,
     new_id,
 )
-from backends.errors import ClipSyncError
-
-
-class Conflict(ClipSyncError):
-    """The write contradicts what is stored (a taken email, a missing owner)."""
+from backends.errors import Conflict
 
 
 def _now() -> datetime:
@@ -52,6 +48,10 @@ def normalise_tags(tags: Sequence[str]) -> list[str]:
 
 def _tag_rows(video_id: str, tags: list[str]) -> list[dict[str, str]]:
     return [{"video_id": video_id, "tag": tag.casefold()} for tag in tags]
+
+
+Sort = Literal["newest", "most_viewed"]
+PLAYABLE = ("playable", "ready")
 
 
 class Catalog:
@@ -133,17 +133,26 @@ class Catalog:
         row = (await conn.execute(select(*columns).where(v.c.id == video_id))).first()
         if row is None:
             return None
+        return (await self._videos(conn, [row._asdict()]))[0]
+
+    async def _videos(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Video]:
+        """Videos from their rows, with every rendition fetched in one query."""
         r = schema.renditions
         found = await conn.execute(
-            select(r.c.name, r.c.path, r.c.bandwidth, r.c.width, r.c.height)
-            .where(r.c.video_id == video_id)
+            select(r.c.video_id, r.c.name, r.c.path, r.c.bandwidth, r.c.width, r.c.height)
+            .where(r.c.video_id.in_([row["id"] for row in rows]))
             .order_by(r.c.bandwidth.desc())
         )
-        renditions = [Rendition(**item._asdict()) for item in found]
-        fields = row._asdict()
-        fields["created_at"] = _aware(fields["created_at"])
-        fields["updated_at"] = _aware(fields["updated_at"])
-        return Video(**fields, renditions=renditions)
+        renditions: dict[str, list[Rendition]] = {}
+        for item in found:
+            fields = item._asdict()
+            renditions.setdefault(fields.pop("video_id"), []).append(Rendition(**fields))
+        videos = []
+        for row in rows:
+            row["created_at"] = _aware(row["created_at"])
+            row["updated_at"] = _aware(row["updated_at"])
+            videos.append(Video(**row, renditions=renditions.get(row["id"], [])))
+        return videos
 
     async def update_video(self, video_id: str, changes: VideoChanges) -> Video | None:
         values: dict[str, Any] = msgspec.structs.asdict(changes)
@@ -173,6 +182,42 @@ class Catalog:
             await conn.execute(delete(r).where(r.c.video_id == video_id))
             if rows:
                 await conn.execute(insert(r), rows)
+
+    # Listings: keyset pagination, so a page costs the same at any depth ---------------------
+
+    def _listing(self, where: ColumnElement[bool], sort: Sort) -> tuple[Select[Any], list[Any]]:
+        v = schema.videos
+        key = [v.c.created_at if sort == "newest" else v.c.views, v.c.id]
+        columns = [c for c in v.c if c.name != "tags_text"]
+        return select(*columns).where(where).order_by(*(k.desc() for k in key)), key
+
+    async def _page(
+        self, where: ColumnElement[bool], sort: Sort, limit: int, after: tuple[Any, str] | None
+    ) -> tuple[list[Video], tuple[Any, str] | None]:
+        query, key = self._listing(where, sort)
+        if after is not None:
+            query = query.where(tuple_(*key) < tuple_(*after))
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(query.limit(limit + 1)))
+            videos = await self._videos(conn, [row._asdict() for row in rows[:limit]])
+        if len(rows) <= limit or not videos:
+            return videos, None
+        last = videos[-1]
+        return videos, ((last.created_at if sort == "newest" else last.views), last.id)
+
+    async def list_public(
+        self, sort: Sort, limit: int, after: tuple[Any, str] | None = None
+    ) -> tuple[list[Video], tuple[Any, str] | None]:
+        """Public videos that play (playable or ready), and where the next page starts."""
+        v = schema.videos
+        where = (v.c.privacy == "public") & v.c.status.in_(PLAYABLE)
+        return await self._page(where, sort, limit, after)
+
+    async def list_owned(
+        self, owner_id: str, limit: int, after: tuple[Any, str] | None = None
+    ) -> tuple[list[Video], tuple[Any, str] | None]:
+        """Every video of ``owner_id``, newest first, whatever its status or privacy."""
+        return await self._page(schema.videos.c.owner_id == owner_id, "newest", limit, after)
 
     async def delete_video(self, video_id: str) -> Video | None:
         """Removes the video and everything hanging off it; returns what was removed."""

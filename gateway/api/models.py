@@ -1,0 +1,118 @@
+"""Requests and responses of the catalog API: msgspec structs, the single source of both the
+validation at the edge and the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from backends.catalog import Video
+
+Privacy = Literal["public", "unlisted", "private"]
+Status = Literal["uploading", "uploaded", "processing", "playable", "ready", "failed"]
+Title = Annotated[str, Meta(min_length=1, max_length=200, description="Shown to viewers")]
+Description = Annotated[str, Meta(max_length=5000)]
+Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+Tags = Annotated[list[Tag], Meta(max_length=20, description="At most 20; case-insensitive")]
+
+
+class VideoCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    title: Title
+    description: Description = ""
+    tags: Tags = []
+    privacy: Privacy = "private"
+
+
+class VideoUpdate(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Only the fields given change."""
+
+    title: Title | UnsetType = UNSET
+    description: Description | UnsetType = UNSET
+    tags: Tags | UnsetType = UNSET
+    privacy: Privacy | UnsetType = UNSET
+
+
+class RenditionOut(Struct, kw_only=True):
+    name: str
+    bandwidth: int
+    width: int | None
+    height: int | None
+
+
+class VideoOut(Struct, kw_only=True):
+    id: str
+    owner_id: str
+    title: str
+    description: str
+    tags: list[str]
+    privacy: Privacy
+    status: Status
+    failure_reason: str | None
+    duration: float | None  # seconds
+    width: int | None
+    height: int | None
+    renditions: list[RenditionOut]
+    views: int
+    likes: int
+    comments: int
+    created_at: datetime
+    updated_at: datetime
+    playback_url: str  # the master playlist, once the video is playable
+
+
+class UploadTarget(Struct, kw_only=True):
+    url: str
+    protocol: Literal["tus"] = "tus"
+    metadata: dict[str, str]  # Upload-Metadata pairs the upload must carry
+
+
+class VideoCreated(Struct, kw_only=True):
+    video: VideoOut
+    upload: UploadTarget
+
+
+class VideoPage(Struct, kw_only=True):
+    items: list[VideoOut]
+    next_cursor: str | None  # pass as ?cursor= for the next page; null on the last
+
+
+class Problem(Struct, omit_defaults=True):
+    """RFC 9457 problem details."""
+
+    title: str
+    status: int
+    detail: str
+    type: str = "about:blank"
+
+
+def video_out(video: Video) -> VideoOut:
+    return VideoOut(
+        id=video.id,
+        owner_id=video.owner_id,
+        title=video.title,
+        description=video.description,
+        tags=video.tags,
+        privacy=video.privacy,
+        status=video.status,
+        failure_reason=video.failure_reason,
+        duration=video.duration_ms / 1000 if video.duration_ms is not None else None,
+        width=video.width,
+        height=video.height,
+        renditions=[
+            RenditionOut(name=r.name, bandwidth=r.bandwidth, width=r.width, height=r.height)
+            for r in video.renditions
+        ],
+        views=video.views,
+        likes=video.likes,
+        comments=video.comments,
+        created_at=video.created_at,
+        updated_at=video.updated_at,
+        playback_url=f"/v/{video.id}/master.m3u8",
+    )
+
+
+def encode(value: object) -> bytes:
+    return msgspec.json.encode(value)

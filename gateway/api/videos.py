@@ -1,0 +1,161 @@
+"""Video endpoints: create, read, change, delete, and the listings."""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from auth.tokens import AccessTokens, Principal
+from backends import paths
+from backends.cache import TieredCache, keys
+from backends.catalog import Catalog, NewVideo, Video, VideoChanges
+from backends.catalog.store import PLAYABLE, Sort
+from backends.errors import ClipSyncError, Forbidden, NotFound, Unauthorized
+from backends.storage import Storage
+from gateway.api import http
+from gateway.api.models import (
+    UploadTarget,
+    VideoCreate,
+    VideoCreated,
+    VideoPage,
+    VideoUpdate,
+    video_out,
+)
+
+log = logging.getLogger("clipsync.api")
+UPLOADS = "/api/v1/uploads"
+
+
+def storage_folder(video_id: str) -> str:
+    """Where an ingested video's files live (DESIGN.md's storage layout)."""
+    return f"videos/{video_id}"
+
+
+class Videos:
+    def __init__(
+        self, catalog: Catalog, tokens: AccessTokens | None, storage: Storage, cache: TieredCache
+    ) -> None:
+        self.catalog = catalog
+        self.tokens = tokens
+        self.storage = storage
+        self.cache = cache
+
+    def _who(self, request: Request, required: bool = True) -> Principal | None:
+        return http.principal(request, self.tokens, required)
+
+    def _me(self, request: Request) -> Principal:
+        who = self._who(request)
+        assert who is not None
+        return who
+
+    async def _visible(self, request: Request) -> tuple[Video, Principal | None]:
+        """The video of the URL if this caller may see it; 404 otherwise (a private video's
+        existence is not revealed)."""
+        video = await self.catalog.get_video(request.path_params["video_id"])
+        who = self._who(request, required=False)
+        if video is None:
+            raise NotFound("no such video")
+        mine = who is not None and (who.user_id == video.owner_id or who.admin)
+        listed = video.privacy in ("public", "unlisted") and video.status in PLAYABLE
+        if not (mine or listed):
+            raise NotFound("no such video")
+        return video, who
+
+    async def create(self, request: Request) -> Response:
+        who = self._me(request)
+        wanted = await http.body(request, VideoCreate)
+        video = await self.catalog.create_video(
+            who.user_id,
+            NewVideo(
+                title=wanted.title,
+                description=wanted.description,
+                tags=wanted.tags,
+                privacy=wanted.privacy,
+            ),
+        )
+        created = VideoCreated(
+            video=video_out(video),
+            upload=UploadTarget(url=UPLOADS, metadata={"video_id": video.id}),
+        )
+        return http.json(created, 201, {"location": f"/api/v1/videos/{video.id}"})
+
+    async def get(self, request: Request) -> Response:
+        video, _ = await self._visible(request)
+        return http.json(video_out(video))
+
+    async def update(self, request: Request) -> Response:
+        video, who = await self._visible(request)
+        if who is None:
+            raise Unauthorized("sign in: this needs an access token (Authorization: Bearer)")
+        if who.user_id != video.owner_id:
+            raise Forbidden("only the owner may change this video")
+        wanted = await http.body(request, VideoUpdate)
+        changes = VideoChanges(**msgspec.structs.asdict(wanted))
+        changed = await self.catalog.update_video(video.id, changes)
+        if changed is None:
+            raise NotFound("no such video")
+        return http.json(video_out(changed))
+
+    async def delete(self, request: Request) -> Response:
+        who = self._me(request)
+        video = await self.catalog.get_video(request.path_params["video_id"])
+        if video is None:
+            raise NotFound("no such video")
+        if who.user_id != video.owner_id and not who.admin:
+            if video.privacy == "private":
+                raise NotFound("no such video")
+            raise Forbidden("only the owner or an admin may delete this video")
+        await self.catalog.delete_video(video.id)
+        await self._remove_files(video)
+        return Response(status_code=204, headers={"cache-control": "no-store"})
+
+    async def _remove_files(self, video: Video) -> None:
+        """Storage objects and cached copies of a deleted video. The catalog row is gone
+        first: a file left behind by a failure here is unreachable, never served."""
+        folder = storage_folder(video.id)
+        doomed = {r.path for r in video.renditions}
+        if video.original_path:
+            doomed.add(video.original_path)
+        try:
+            stack = [folder]
+            while stack:
+                parent = stack.pop()
+                for entry in await self.storage.list(parent):
+                    child = f"{parent}/{entry.name}"
+                    (doomed.add if entry.kind == "file" else stack.append)(child)
+        except ClipSyncError:
+            pass  # nothing stored yet, or the store is away: the listed paths still go
+        for path in sorted(doomed):
+            try:
+                await self.storage.delete(paths.clean(path))
+            except ClipSyncError as exc:
+                log.warning("deleted video %s: could not remove %s: %s", video.id, path, exc)
+        await self.cache.purge(frozenset({keys.tag(self.storage.uri, folder)}))
+
+    async def public(self, request: Request) -> Response:
+        sort = http.choice(request, "sort", "newest", ("newest", "most_viewed"))
+        limit = http.integer(request, "limit", 20, 1, 100)
+        scope = f"public:{sort}"
+        items, after = await self.catalog.list_public(
+            cast(Sort, sort), limit, http.cursor_in(request, scope)
+        )
+        page = VideoPage(
+            items=[video_out(v) for v in items], next_cursor=http.cursor_out(after, scope)
+        )
+        return http.json(page)
+
+    async def mine(self, request: Request) -> Response:
+        who = self._me(request)
+        limit = http.integer(request, "limit", 20, 1, 100)
+        scope = "mine:newest"
+        items, after = await self.catalog.list_owned(
+            who.user_id, limit, http.cursor_in(request, scope)
+        )
+        page = VideoPage(
+            items=[video_out(v) for v in items], next_cursor=http.cursor_out(after, scope)
+        )
+        return http.json(page)

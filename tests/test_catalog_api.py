@@ -1,0 +1,296 @@
+"""The catalog API over HTTP, on SQLite and on PostgreSQL: videos, listings, ownership, bad
+input (always a clear 4xx, never a changed row) and the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from sqlalchemy import text
+
+from auth.tokens import AccessTokens
+from backends.catalog import Catalog, VideoChanges
+from gateway.app import create_app
+from tests.conftest import settings_for
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "s" * 40
+TOKENS = AccessTokens({"k1": SECRET.encode()}, "k1", 900)
+
+
+@dataclass
+class Api:
+    http: httpx.AsyncClient
+    catalog: Catalog
+    root: Path
+
+    async def user(self, email: str, role: str = "user") -> dict[str, str]:
+        user = await self.catalog.create_user(email, role=role)  # type: ignore[arg-type]
+        return {"authorization": f"Bearer {TOKENS.issue(user.id, user.role)}", "id": user.id}
+
+    async def rows(self, table: str) -> list[tuple[object, ...]]:
+        async with self.catalog.engine.connect() as conn:
+            return [tuple(r) for r in await conn.execute(text(f"SELECT * FROM {table}"))]  # noqa: S608
+
+
+def auth(user: dict[str, str]) -> dict[str, str]:
+    return {"authorization": user["authorization"]}
+
+
+@pytest.fixture
+async def api(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Api]:
+    settings = settings_for(tmp_path)
+    settings = type(settings)(
+        storage=settings.storage,
+        catalog=settings.catalog,
+        auth=type(settings.auth)(jwt_secret=SECRET),
+    )
+    app = create_app(settings, catalog=catalog)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield Api(http, catalog, tmp_path)
+
+
+async def make(api: Api, user: dict[str, str], **fields: object) -> dict[str, object]:
+    r = await api.http.post(
+        "/api/v1/videos", json={"title": "A video", **fields}, headers=auth(user)
+    )
+    assert r.status_code == 201, r.text
+    video: dict[str, object] = r.json()["video"]
+    return video
+
+
+async def test_create_get_update_delete(api: Api) -> None:
+    ada = await api.user("ada@example.com")
+    r = await api.http.post(
+        "/api/v1/videos",
+        json={"title": "Harbour", "description": "Boats", "tags": ["sea", "Sea", "boats"]},
+        headers=auth(ada),
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    video = body["video"]
+    assert r.headers["location"] == f"/api/v1/videos/{video['id']}"
+    assert body["upload"] == {
+        "url": "/api/v1/uploads",
+        "protocol": "tus",
+        "metadata": {"video_id": video["id"]},
+    }
+    assert video["tags"] == ["sea", "boats"]
+    assert video["privacy"] == "private"
+    assert video["status"] == "uploading"
+    assert video["owner_id"] == ada["id"]
+
+    # Private and not playable: the owner sees it, nobody else learns it exists.
+    url = f"/api/v1/videos/{video['id']}"
+    assert (await api.http.get(url, headers=auth(ada))).json()["title"] == "Harbour"
+    assert (await api.http.get(url)).status_code == 404
+    bob = await api.user("bob@example.com")
+    assert (await api.http.get(url, headers=auth(bob))).status_code == 404
+
+    r = await api.http.patch(
+        url, json={"title": "Harbour at dawn", "privacy": "public"}, headers=auth(ada)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["title"] == "Harbour at dawn"
+    assert r.json()["description"] == "Boats"
+
+    # Someone else's video: refused, unchanged.
+    await api.catalog.update_video(video["id"], VideoChanges(status="ready"))
+    r = await api.http.patch(url, json={"title": "mine now"}, headers=auth(bob))
+    assert r.status_code == 403
+    r = await api.http.delete(url, headers=auth(bob))
+    assert r.status_code == 403
+    assert (await api.http.get(url)).json()["title"] == "Harbour at dawn"
+
+    assert (await api.http.delete(url, headers=auth(ada))).status_code == 204
+    assert (await api.http.get(url, headers=auth(ada))).status_code == 404
+    assert await api.rows("video_tags") == []
+
+
+async def test_delete_removes_files_and_admin_may_delete(api: Api) -> None:
+    ada = await api.user("ada@example.com")
+    admin = await api.user("root@example.com", role="admin")
+    video = await make(api, ada)
+    folder = api.root / "videos" / str(video["id"])
+    (folder / "thumbs").mkdir(parents=True)
+    for name in ("720p.mp4", "360p.mp4", "thumbs/poster.jpg"):
+        (folder / name).write_bytes(b"x")
+    other = api.root / "videos" / "someone-else"
+    other.mkdir()
+    (other / "720p.mp4").write_bytes(b"x")
+    r = await api.http.delete(f"/api/v1/videos/{video['id']}", headers=auth(admin))
+    assert r.status_code == 204
+    assert [p for p in folder.rglob("*") if p.is_file()] == []
+    assert (other / "720p.mp4").exists()
+
+
+async def test_listings_page_with_cursors(api: Api) -> None:
+    ada = await api.user("ada@example.com")
+    ids = []
+    for n in range(7):
+        video = await make(api, ada, title=f"v{n}", privacy="public")
+        ids.append(video["id"])
+        await api.catalog.update_video(str(video["id"]), VideoChanges(status="ready"))
+    hidden = await make(api, ada, title="still uploading", privacy="public")
+    unlisted = await make(api, ada, title="unlisted", privacy="unlisted")
+    async with api.catalog.engine.begin() as conn:
+        for n, video_id in enumerate(ids):
+            await conn.execute(
+                text("UPDATE videos SET views = :v WHERE id = :id"),
+                {"v": (n * 37) % 11, "id": video_id},
+            )
+
+    for sort in ("newest", "most_viewed"):
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": "3", "sort": sort, **({"cursor": cursor} if cursor else {})}
+            r = await api.http.get("/api/v1/videos", params=params)
+            assert r.status_code == 200, r.text
+            page = r.json()
+            seen += [v["id"] for v in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(ids), sort  # each once; none hidden or unlisted
+        assert hidden["id"] not in seen
+        assert unlisted["id"] not in seen
+        if sort == "newest":
+            assert seen == list(reversed(ids))
+        else:
+            views = {video_id: (n * 37) % 11 for n, video_id in enumerate(ids)}
+            assert [views[i] for i in seen] == sorted(views.values(), reverse=True)
+
+    r = await api.http.get("/api/v1/me/videos", params={"limit": "100"}, headers=auth(ada))
+    assert len(r.json()["items"]) == 9  # every one of mine, whatever its state
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({}, "missing required field `title`"),
+        ({"title": ""}, "length >= 1"),
+        ({"title": "x" * 201}, "length <= 200"),
+        ({"title": 5}, "Expected `str`"),
+        ({"title": "t", "tags": ["a"] * 21}, "length <= 20"),
+        ({"title": "t", "tags": ["x" * 65]}, "length <= 64"),
+        ({"title": "t", "privacy": "secret"}, "Invalid enum value 'secret'"),
+        ({"title": "t", "owner_id": "someone"}, "unknown field `owner_id`"),
+        ({"title": "t", "description": "d" * 5001}, "length <= 5000"),
+        ([], "Expected `object`"),
+    ],
+)
+async def test_bad_bodies_are_400_and_change_nothing(api: Api, body: object, detail: str) -> None:
+    ada = await api.user("ada@example.com")
+    r = await api.http.post("/api/v1/videos", json=body, headers=auth(ada))
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert detail in r.json()["detail"]
+    assert await api.rows("videos") == []
+
+
+async def test_raw_bad_bodies(api: Api) -> None:
+    ada = await api.user("ada@example.com")
+    video = await make(api, ada)
+    before = await api.rows("videos")
+    url = f"/api/v1/videos/{video['id']}"
+    cases = [
+        (b"{not json", "application/json", 400),
+        (b'{"title": "t"}', "text/plain", 400),
+        (b'{"title": "' + b"x" * 70_000 + b'"}', "application/json", 413),
+        ('{"title": "\ud800"}'.encode("utf-8", "surrogatepass"), "application/json", 400),
+    ]
+    for content, kind, status in cases:
+        r = await api.http.patch(url, content=content, headers={**auth(ada), "content-type": kind})
+        assert r.status_code == status, (content[:20], r.text)
+    assert await api.rows("videos") == before
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"cursor": "not-a-cursor"},
+        {"cursor": "W10"},  # base64 of []
+        {"cursor": "WyJtaW5lOm5ld2VzdCIsIjIwMjAtMDEtMDEiLCJ4Il0"},  # another listing's cursor
+        {"cursor": "x" * 600},
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "-1"},
+        {"limit": "ten"},
+        {"sort": "oldest"},
+        {"sort": "newest'; DROP TABLE videos;--"},
+    ],
+)
+async def test_bad_listing_parameters_are_400(api: Api, params: dict[str, str]) -> None:
+    r = await api.http.get("/api/v1/videos", params=params)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer",
+        "Basic abc",
+        "Bearer not.a.jwt",
+        "Bearer " + "x" * 10_000,
+        "Bearer "
+        + jwt.encode({"sub": "u", "exp": time.time() + 86_400}, "wrong" * 8, algorithm="HS256"),
+        "Bearer " + TOKENS.issue("u", "user", now=time.time() - 3600),  # expired
+        "Bearer " + jwt.encode({"sub": "u"}, None, algorithm="none"),
+    ],
+)
+async def test_bad_credentials_are_401(api: Api, header: str | None) -> None:
+    headers = {"authorization": header} if header is not None else {}
+    r = await api.http.post("/api/v1/videos", json={"title": "t"}, headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert await api.rows("videos") == []
+
+
+async def test_unknown_ids_are_404(api: Api) -> None:
+    ada = await api.user("ada@example.com")
+    for url in ("/api/v1/videos/nope", "/api/v1/videos/%27%20OR%201%3D1--"):
+        assert (await api.http.get(url)).status_code == 404
+        assert (
+            await api.http.patch(url, json={"title": "x"}, headers=auth(ada))
+        ).status_code == 404
+        assert (await api.http.delete(url, headers=auth(ada))).status_code == 404
+
+
+async def test_openapi_document_and_docs_page(api: Api) -> None:
+    r = await api.http.get("/api/v1/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["openapi"] == "3.1.0"
+    create = doc["paths"]["/api/v1/videos"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/VideoCreate"
+    }
+    assert {"201", "400", "401", "503"} <= set(create["responses"])
+    title = doc["components"]["schemas"]["VideoCreate"]["properties"]["title"]
+    assert title["maxLength"] == 200
+    page = await api.http.get("/api/v1/docs")
+    assert "/api/v1/videos/{video_id}" in page.text
+
+
+async def test_a_catalog_that_cannot_answer_is_503(tmp_path: Path) -> None:
+    from backends.catalog import engines
+
+    # A database file with no schema: every query fails inside the database.
+    catalog = Catalog(engines.create(f"sqlite:///{tmp_path}/empty.sqlite3"))
+    app = create_app(settings_for(tmp_path), catalog=catalog)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+        r = await h.get("/api/v1/videos")
+    await catalog.close()
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert "retry" in r.json()["detail"]
