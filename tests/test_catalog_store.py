@@ -190,3 +190,29 @@ def test_clipsync_db_refuses_bad_urls(
     err = capsys.readouterr().err
     assert message in err
     assert "hunter2" not in err
+
+
+def test_serve_refuses_a_catalog_it_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/catalog.sqlite3"
+    assert main(["db", "upgrade", "--catalog", url]) == 0
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'fffffffff'")
+    env = {"CLIPSYNC_CATALOG__URL": url}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert main(["serve", "--library", str(tmp_path), "--port", "1"]) == 2
+        assert "does not know" in capsys.readouterr().err
+        patch.setenv("CLIPSYNC_CATALOG__URL", f"postgresql://u:hunter2@127.0.0.1:{free_port()}/x")
+        assert main(["serve", "--library", str(tmp_path), "--port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot reach it" in err
+        assert "hunter2" not in err
+        patch.setenv("CLIPSYNC_CATALOG__URL", url)
+        patch.setenv("CLIPSYNC_AUTH__JWT_SECRET", "short")
+        assert main(["serve", "--library", str(tmp_path), "--port", "1"]) == 2
+        assert "auth.jwt_secret must be at least 32 bytes" in capsys.readouterr().err
