@@ -294,3 +294,137 @@ async def test_a_catalog_that_cannot_answer_is_503(tmp_path: Path) -> None:
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"
     assert "retry" in r.json()["detail"]
+
+
+async def ready_video(api: Api, user: dict[str, str], **fields: object) -> str:
+    video = await make(api, user, privacy="public", **fields)
+    await api.catalog.update_video(str(video["id"]), VideoChanges(status="ready"))
+    return str(video["id"])
+
+
+async def test_search_ranks_and_shapes_results(api: Api) -> None:
+    ada = await api.user("ada@example.com")
+    in_title = await ready_video(api, ada, title="Sailing to the harbour", tags=["travel"])
+    in_tags = await ready_video(api, ada, title="A long day", tags=["harbour"])
+    in_text = await ready_video(api, ada, title="Morning", description="we passed a harbour")
+    await make(api, ada, title="Harbour, private")  # never found by others
+    await ready_video(api, ada, title="Mountains")
+
+    r = await api.http.get("/api/v1/search", params={"q": "harbours"})  # stemmed
+    assert r.status_code == 200, r.text
+    found = [v["id"] for v in r.json()["items"]]
+    assert found == [in_title, in_tags, in_text]  # title > tags > description
+    assert set(r.json()["items"][0]) == set(
+        (await api.http.get(f"/api/v1/videos/{in_title}")).json()
+    )
+
+    two = await api.http.get("/api/v1/search", params={"q": "harbour sailing"})
+    assert [v["id"] for v in two.json()["items"]] == [in_title]  # every word must match
+
+    page = await api.http.get("/api/v1/search", params={"q": "harbour", "limit": "2"})
+    rest = await api.http.get(
+        "/api/v1/search",
+        params={"q": "harbour", "limit": "2", "cursor": page.json()["next_cursor"]},
+    )
+    assert [v["id"] for v in page.json()["items"] + rest.json()["items"]] == found
+    assert rest.json()["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "harbour' OR 1=1 --",
+        '"harbour',
+        "harbour AND NOT boat",
+        "harbour*",
+        "title:harbour",
+        "harbour)",
+        "HARBOUR",
+        "harbour\u0000",
+        "hárbour",  # the accent is dropped by SQLite's tokenizer, not by PostgreSQL's
+    ],
+)
+async def test_search_takes_any_text_as_words(api: Api, q: str) -> None:
+    ada = await api.user("ada@example.com")
+    await ready_video(api, ada, title="Harbour")
+    before = await api.rows("videos")
+    r = await api.http.get("/api/v1/search", params={"q": q})
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["items"], list)
+    assert await api.rows("videos") == before
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": ""},
+        {"q": "!!! ..."},
+        {"q": "x" * 201},
+        {"q": "a", "cursor": "bad"},
+        {"q": "a", "limit": "0"},
+    ],
+)
+async def test_bad_searches_are_400(api: Api, params: dict[str, str]) -> None:
+    r = await api.http.get("/api/v1/search", params=params)
+    assert r.status_code == 400, r.text
+
+
+async def test_comments(api: Api) -> None:
+    ada, bob = await api.user("ada@example.com"), await api.user("bob@example.com")
+    admin = await api.user("root@example.com", role="admin")
+    video = await ready_video(api, ada)
+    url = f"/api/v1/videos/{video}/comments"
+    ids = []
+    for n in range(5):
+        r = await api.http.post(url, json={"body": f"comment {n} 🎬"}, headers=auth(bob))
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    first = await api.http.get(url, params={"limit": "3"})
+    second = await api.http.get(url, params={"limit": "3", "cursor": first.json()["next_cursor"]})
+    listed = [c["id"] for c in first.json()["items"] + second.json()["items"]]
+    assert listed == list(reversed(ids))
+    assert (await api.http.get(f"/api/v1/videos/{video}")).json()["comments"] == 5
+
+    assert (
+        await api.http.delete(f"/api/v1/comments/{ids[0]}", headers=auth(ada))
+    ).status_code == 403
+    assert (
+        await api.http.delete(f"/api/v1/comments/{ids[0]}", headers=auth(bob))
+    ).status_code == 204
+    assert (
+        await api.http.delete(f"/api/v1/comments/{ids[1]}", headers=auth(admin))
+    ).status_code == 204
+    assert (
+        await api.http.delete(f"/api/v1/comments/{ids[1]}", headers=auth(bob))
+    ).status_code == 404
+    assert (await api.http.get(f"/api/v1/videos/{video}")).json()["comments"] == 3
+
+    for body in ({"body": ""}, {"body": "x" * 2001}, {"body": 1}, {"text": "hi"}):
+        assert (await api.http.post(url, json=body, headers=auth(bob))).status_code == 400
+    assert (await api.http.post(url, json={"body": "hi"})).status_code == 401
+    private = str((await make(api, ada, title="private"))["id"])
+    r = await api.http.post(
+        f"/api/v1/videos/{private}/comments", json={"body": "hi"}, headers=auth(bob)
+    )
+    assert r.status_code == 404
+    assert (await api.http.get(f"/api/v1/videos/{video}")).json()["comments"] == 3
+
+
+async def test_likes_are_idempotent(api: Api) -> None:
+    ada, bob = await api.user("ada@example.com"), await api.user("bob@example.com")
+    video = await ready_video(api, ada)
+    url = f"/api/v1/videos/{video}/like"
+    for _ in range(3):
+        r = await api.http.put(url, headers=auth(bob))
+        assert r.json() == {"liked": True, "likes": 1}
+    assert (await api.http.put(url, headers=auth(ada))).json()["likes"] == 2
+    assert (await api.http.get(url, headers=auth(bob))).json() == {"liked": True, "likes": 2}
+    for _ in range(2):
+        assert (await api.http.delete(url, headers=auth(bob))).json() == {
+            "liked": False,
+            "likes": 1,
+        }
+    assert (await api.http.get(f"/api/v1/videos/{video}")).json()["likes"] == 1
+    assert (await api.http.put("/api/v1/videos/nope/like", headers=auth(bob))).status_code == 404
+    assert (await api.http.put(url)).status_code == 401

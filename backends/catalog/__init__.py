@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backends.catalog import engine as engines
+from backends.catalog import search, social
 from backends.catalog.engine import CatalogURLError
 from backends.catalog.migrate import (
     CatalogOutdated,
@@ -32,6 +33,8 @@ __all__ = [
     "downgrade",
     "engines",
     "prepare",
+    "search",
+    "social",
     "state",
     "upgrade",
 ]

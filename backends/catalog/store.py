@@ -127,6 +127,19 @@ class Catalog:
         async with self.engine.connect() as conn:
             return await self._video(conn, video_id)
 
+    async def get_videos(self, ids: Sequence[str]) -> list[Video]:
+        """The videos of ``ids`` that exist, in the order given."""
+        if not ids:
+            return []
+        v = schema.videos
+        columns = [c for c in v.c if c.name != "tags_text"]
+        async with self.engine.connect() as conn:
+            rows = [
+                r._asdict() for r in await conn.execute(select(*columns).where(v.c.id.in_(ids)))
+            ]
+            found = {video.id: video for video in await self._videos(conn, rows)}
+        return [found[i] for i in ids if i in found]
+
     async def _video(self, conn: AsyncConnection, video_id: str) -> Video | None:
         v = schema.videos
         columns = [c for c in v.c if c.name != "tags_text"]

@@ -8,83 +8,71 @@ from auth.tokens import AccessTokens
 from backends.cache import TieredCache
 from backends.catalog import Catalog
 from backends.storage import Storage
-from gateway.api.models import VideoCreate, VideoCreated, VideoOut, VideoPage, VideoUpdate
+from gateway.api.models import (
+    CommentCreate,
+    CommentOut,
+    CommentPage,
+    LikeState,
+    VideoCreate,
+    VideoCreated,
+    VideoOut,
+    VideoPage,
+    VideoUpdate,
+)
+from gateway.api.social import Social
 from gateway.api.spec import Endpoint, Param, doc_routes, routes
 from gateway.api.videos import Videos
 
 VIDEO_ID = Param("video_id", "path", {"type": "string", "maxLength": 64})
+COMMENT_ID = Param("comment_id", "path", {"type": "string", "maxLength": 64})
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}, "page size")
 CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 512}, "next_cursor of a page")
 SORT = Param("sort", "query", {"type": "string", "enum": ["newest", "most_viewed"]})
+QUERY = Param("q", "query", {"type": "string", "maxLength": 200}, "words to find")
+PAGE = (LIMIT, CURSOR)
 
 
-def endpoints(videos: Videos) -> list[Endpoint]:
+def endpoints(videos: Videos, social: Social) -> list[Endpoint]:
+    e = Endpoint
     return [
-        Endpoint(
-            "POST",
-            "/videos",
-            "Create a video (then upload its file)",
-            videos.create,
-            VideoCreated,
-            201,
-            VideoCreate,
-            "required",
-            errors=(400, 409, 413),
-        ),
-        Endpoint(
-            "GET",
-            "/videos",
-            "Public videos that play",
-            videos.public,
-            VideoPage,
-            params=(SORT, LIMIT, CURSOR),
-        ),
-        Endpoint(
-            "GET",
-            "/videos/{video_id}",
-            "A video",
-            videos.get,
-            VideoOut,
-            auth="optional",
-            params=(VIDEO_ID,),
-            errors=(401, 404),
-        ),
-        Endpoint(
-            "PATCH",
-            "/videos/{video_id}",
-            "Change a video (owner)",
-            videos.update,
-            VideoOut,
-            body=VideoUpdate,
-            auth="required",
-            params=(VIDEO_ID,),
-            errors=(400, 403, 404, 413),
-        ),
-        Endpoint(
-            "DELETE",
-            "/videos/{video_id}",
-            "Delete a video with its files (owner or admin)",
-            videos.delete,
-            None,
-            204,
-            auth="required",
-            params=(VIDEO_ID,),
-            errors=(403, 404),
-        ),
-        Endpoint(
-            "GET",
-            "/me/videos",
-            "My videos, whatever their status",
-            videos.mine,
-            VideoPage,
-            auth="required",
-            params=(LIMIT, CURSOR),
-        ),
-    ]
+        e("POST", "/videos", "Create a video (then upload its file)", videos.create,
+          response=VideoCreated, status=201, body=VideoCreate, auth="required",
+          errors=(400, 409, 413)),
+        e("GET", "/videos", "Public videos that play", videos.public,
+          response=VideoPage, params=(SORT, *PAGE)),
+        e("GET", "/videos/{video_id}", "A video", videos.get,
+          response=VideoOut, auth="optional", params=(VIDEO_ID,), errors=(401, 404)),
+        e("PATCH", "/videos/{video_id}", "Change a video (owner)", videos.update,
+          response=VideoOut, body=VideoUpdate, auth="required", params=(VIDEO_ID,),
+          errors=(400, 403, 404, 413)),
+        e("DELETE", "/videos/{video_id}", "Delete a video with its files (owner or admin)",
+          videos.delete, status=204, auth="required", params=(VIDEO_ID,), errors=(403, 404)),
+        e("GET", "/search", "Ranked full-text search over public videos", videos.search,
+          response=VideoPage, params=(QUERY, *PAGE)),
+        e("GET", "/me/videos", "My videos, whatever their status", videos.mine,
+          response=VideoPage, auth="required", params=PAGE),
+        e("POST", "/videos/{video_id}/comments", "Comment on a video", social.comment,
+          response=CommentOut, status=201, body=CommentCreate, auth="required",
+          params=(VIDEO_ID,), errors=(400, 404, 413)),
+        e("GET", "/videos/{video_id}/comments", "Comments, newest first", social.comments,
+          response=CommentPage, auth="optional", params=(VIDEO_ID, *PAGE),
+          errors=(400, 401, 404)),
+        e("DELETE", "/comments/{comment_id}", "Delete one's comment (or any, as admin)",
+          social.delete_comment, status=204, auth="required", params=(COMMENT_ID,),
+          errors=(403, 404)),
+        e("PUT", "/videos/{video_id}/like", "Like a video (idempotent)", social.like,
+          response=LikeState, auth="required", params=(VIDEO_ID,), errors=(404,)),
+        e("DELETE", "/videos/{video_id}/like", "Unlike a video (idempotent)", social.like,
+          response=LikeState, auth="required", params=(VIDEO_ID,), errors=(404,)),
+        e("GET", "/videos/{video_id}/like", "Whether I like it, and the count",
+          social.like_state, response=LikeState, auth="required", params=(VIDEO_ID,),
+          errors=(404,)),
+    ]  # fmt: skip
 
 
 def api_routes(
     catalog: Catalog, tokens: AccessTokens | None, storage: Storage, cache: TieredCache
 ) -> list[Route]:
-    table = endpoints(Videos(catalog, tokens, storage, cache))
+    videos = Videos(catalog, tokens, storage, cache)
+    table = endpoints(videos, Social(catalog, videos))
     return routes(table) + doc_routes(table)

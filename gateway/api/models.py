@@ -79,6 +79,28 @@ class VideoPage(Struct, kw_only=True):
     next_cursor: str | None  # pass as ?cursor= for the next page; null on the last
 
 
+class CommentCreate(Struct, forbid_unknown_fields=True, kw_only=True):
+    body: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+class CommentOut(Struct, kw_only=True):
+    id: str
+    video_id: str
+    user_id: str
+    body: str
+    created_at: datetime
+
+
+class CommentPage(Struct, kw_only=True):
+    items: list[CommentOut]
+    next_cursor: str | None
+
+
+class LikeState(Struct, kw_only=True):
+    liked: bool
+    likes: int
+
+
 class Problem(Struct, omit_defaults=True):
     """RFC 9457 problem details."""
 

@@ -12,9 +12,9 @@ from starlette.responses import Response
 from auth.tokens import AccessTokens, Principal
 from backends import paths
 from backends.cache import TieredCache, keys
-from backends.catalog import Catalog, NewVideo, Video, VideoChanges
+from backends.catalog import Catalog, NewVideo, Video, VideoChanges, search
 from backends.catalog.store import PLAYABLE, Sort
-from backends.errors import ClipSyncError, Forbidden, NotFound, Unauthorized
+from backends.errors import ClipSyncError, Forbidden, InvalidRequest, NotFound, Unauthorized
 from backends.storage import Storage
 from gateway.api import http
 from gateway.api.models import (
@@ -28,6 +28,7 @@ from gateway.api.models import (
 
 log = logging.getLogger("clipsync.api")
 UPLOADS = "/api/v1/uploads"
+MAX_SEARCH_OFFSET = 1000
 
 
 def storage_folder(video_id: str) -> str:
@@ -44,19 +45,19 @@ class Videos:
         self.storage = storage
         self.cache = cache
 
-    def _who(self, request: Request, required: bool = True) -> Principal | None:
+    def who(self, request: Request, required: bool = True) -> Principal | None:
         return http.principal(request, self.tokens, required)
 
-    def _me(self, request: Request) -> Principal:
-        who = self._who(request)
+    def me(self, request: Request) -> Principal:
+        who = self.who(request)
         assert who is not None
         return who
 
-    async def _visible(self, request: Request) -> tuple[Video, Principal | None]:
+    async def visible(self, request: Request) -> tuple[Video, Principal | None]:
         """The video of the URL if this caller may see it; 404 otherwise (a private video's
         existence is not revealed)."""
         video = await self.catalog.get_video(request.path_params["video_id"])
-        who = self._who(request, required=False)
+        who = self.who(request, required=False)
         if video is None:
             raise NotFound("no such video")
         mine = who is not None and (who.user_id == video.owner_id or who.admin)
@@ -66,7 +67,7 @@ class Videos:
         return video, who
 
     async def create(self, request: Request) -> Response:
-        who = self._me(request)
+        who = self.me(request)
         wanted = await http.body(request, VideoCreate)
         video = await self.catalog.create_video(
             who.user_id,
@@ -84,11 +85,11 @@ class Videos:
         return http.json(created, 201, {"location": f"/api/v1/videos/{video.id}"})
 
     async def get(self, request: Request) -> Response:
-        video, _ = await self._visible(request)
+        video, _ = await self.visible(request)
         return http.json(video_out(video))
 
     async def update(self, request: Request) -> Response:
-        video, who = await self._visible(request)
+        video, who = await self.visible(request)
         if who is None:
             raise Unauthorized("sign in: this needs an access token (Authorization: Bearer)")
         if who.user_id != video.owner_id:
@@ -101,7 +102,7 @@ class Videos:
         return http.json(video_out(changed))
 
     async def delete(self, request: Request) -> Response:
-        who = self._me(request)
+        who = self.me(request)
         video = await self.catalog.get_video(request.path_params["video_id"])
         if video is None:
             raise NotFound("no such video")
@@ -148,8 +149,27 @@ class Videos:
         )
         return http.json(page)
 
+    async def search(self, request: Request) -> Response:
+        query = request.query_params.get("q", "")
+        if len(query) > 200:
+            raise InvalidRequest("q may be at most 200 characters")
+        if not search.words(query):
+            raise InvalidRequest("q needs at least one word (letters or digits)")
+        limit = http.integer(request, "limit", 20, 1, 100)
+        scope = f"search:{keys.digest(query)}"
+        after = http.cursor_in(request, scope)
+        offset = int(after[0]) if after else 0
+        if offset > MAX_SEARCH_OFFSET:
+            raise InvalidRequest(f"search pages end after {MAX_SEARCH_OFFSET} results")
+        items = await search.search(self.catalog, query, limit + 1, offset)
+        more = (offset + limit, "") if len(items) > limit else None
+        page = VideoPage(
+            items=[video_out(v) for v in items[:limit]], next_cursor=http.cursor_out(more, scope)
+        )
+        return http.json(page)
+
     async def mine(self, request: Request) -> Response:
-        who = self._me(request)
+        who = self.me(request)
         limit = http.integer(request, "limit", 20, 1, 100)
         scope = "mine:newest"
         items, after = await self.catalog.list_owned(
