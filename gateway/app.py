@@ -23,6 +23,7 @@ from conf import Settings, load_resolved
 from gateway import errors
 from gateway.admin import Admin
 from gateway.api import api_routes
+from gateway.assets import CatalogAssets, PathAssets
 from gateway.cors import PublicCORS
 from gateway.library import Library
 from gateway.ranges import RangeNotSatisfiable
@@ -43,12 +44,14 @@ def create_app(
     library = Library(settings, storage, runner, cache)
     if catalog is None:
         catalog = Catalog(engines.create(settings.catalog.url, settings.catalog.pool_size))
+    videos = VodRoutes(library, CatalogAssets(library, catalog))
     auth = settings.auth
     tokens = access_tokens(auth.jwt_secret, auth.jwt_kid, auth.access_ttl)
-    vod = VodRoutes(library)
+    vod = VodRoutes(library, PathAssets(library))
     admin = Admin(library, settings.server.admin_token)
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
+        Route("/v/{path:path}", videos.handle, methods=["GET", "HEAD"]),
         Route("/player", player_page(settings.player.hlsjs_url), methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_page(registry), methods=["GET"]),

@@ -181,17 +181,30 @@ class Library:
                 names.setdefault(stem, entry.name)
         if not names:
             raise MediaNotFound(f"{asset} holds no MP4 renditions")
-        infos = await asyncio.gather(
-            *(self.storage.stat(paths.join(asset, file)) for file in names.values())
-        )
+        return await self.named_ladder([(n, paths.join(asset, f)) for n, f in names.items()])
+
+    async def named_ladder(self, named: list[tuple[str, str]]) -> list[tuple[str, Rendition]]:
+        """The renditions at these (name, library path) pairs, checked to share segment
+        boundaries; each file's version is asked of the store now."""
+        infos = await asyncio.gather(*(self.storage.stat(path) for _, path in named))
         renditions = []
-        for name, item in zip(names, infos, strict=True):
+        for (name, _), item in zip(named, infos, strict=True):
+            if item.kind != "file":
+                raise MediaNotFound(f"rendition {name} is missing")
             try:
                 renditions.append((name, await self._load(item)))
             except BadMedia as exc:
                 raise type(exc)(f"rendition {name}: {exc}") from None
         _check_alignment(renditions)
         return renditions
+
+    async def file(self, path: str, fresh: bool) -> Rendition:
+        """The rendition stored at ``path`` (see ``rendition`` for ``fresh``)."""
+        max_age = 0.0 if fresh else self.settings.storage.stat_max_age
+        info = await self.storage.stat(path, max_age)
+        if info.kind != "file":
+            raise MediaNotFound("rendition file is missing")
+        return await self._load(info)
 
     # Building -----------------------------------------------------------------------------
 
@@ -239,7 +252,7 @@ class Library:
         return Rendition(info, index, await self.runner.run(plan, index, self.config))
 
     async def playlist(
-        self, parts: tuple[object, ...], asset: str, build: Callable[[], Awaitable[Playlist]]
+        self, parts: tuple[object, ...], home: str, build: Callable[[], Awaitable[Playlist]]
     ) -> Playlist:
         """The playlist a URL (``parts``) names, built at most once per ``cache.playlist_ttl``:
         within that time it is answered without asking storage whether its sources changed."""
@@ -248,7 +261,7 @@ class Library:
             kind="playlist",
             key=keys.key("playlist", self.storage.uri, parts, self.settings_key),
             ttl=ttl,
-            tags=self.tags(asset),
+            tags=self.tags(home),
             size=lambda p: p.nbytes,
             encode=Playlist.to_bytes if ttl > 0 else None,
             decode=_decode_playlist,

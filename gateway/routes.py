@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from backends.errors import MediaNotFound
 from backends.storage import deadline_scope
 from gateway import responses, urls
+from gateway.assets import Assets
 from gateway.library import Library, Rendition
 from gateway.responses import Playlist
 from packager import playlists
@@ -31,8 +32,11 @@ def _suffix(request: Request) -> str:
 
 
 class VodRoutes:
-    def __init__(self, library: Library) -> None:
+    """Playback of one URL space (``/vod/`` library paths or ``/v/`` catalog videos)."""
+
+    def __init__(self, library: Library, assets: Assets) -> None:
         self.library = library
+        self.assets = assets
         vod = library.settings.vod
         self.default_format: Format = vod.segment_format
         self.playlist_cache = f"public, max-age={vod.playlist_max_age}"
@@ -53,7 +57,7 @@ class VodRoutes:
         # A playlist checks the file's version when it is built; media requests may reuse a
         # recent answer (a replaced file is still caught: reads are conditional on the version
         # planned for, and cached segments are keyed by it).
-        rendition = await self.library.rendition(req.asset, req.rendition, fresh=False)
+        rendition = await self.assets.rendition(req.asset, req.rendition, fresh=False)
         if req.kind == "init":
             return await self._init(request, rendition)
         return await self._segment(request, rendition, req.number, fmt)
@@ -64,8 +68,8 @@ class VodRoutes:
         builders = {"master": self._master, "media": self._media, "iframes": self._iframes}
         build = builders[req.kind]
         item = await self.library.playlist(
-            (req.kind, req.asset, req.rendition, fmt, url_suffix, suffix),
-            req.asset,
+            (self.assets.scope, req.kind, req.asset, req.rendition, fmt, url_suffix, suffix),
+            self.assets.home(req.asset),
             lambda: build(req, fmt, url_suffix, suffix),
         )
         return responses.playlist(request, item, self.playlist_cache, self.gzip)
@@ -76,7 +80,7 @@ class VodRoutes:
     async def _master(
         self, req: urls.PlaybackRequest, fmt: Format, url_suffix: str, suffix: str
     ) -> Playlist:
-        ladder = await self.library.ladder(req.asset)
+        ladder = await self.assets.ladder(req.asset)
         tag = self._tag(
             "master", fmt, url_suffix, suffix, tuple((n, r.tag_parts()) for n, r in ladder)
         )
@@ -87,7 +91,7 @@ class VodRoutes:
     async def _media(
         self, req: urls.PlaybackRequest, fmt: Format, url_suffix: str, suffix: str
     ) -> Playlist:
-        rendition = await self.library.rendition(req.asset, req.rendition, fresh=True)
+        rendition = await self.assets.rendition(req.asset, req.rendition, fresh=True)
         tag = self._tag("media", fmt, suffix, rendition.tag_parts())
         text = playlists.build_media(rendition.plan, fmt, suffix)
         return Playlist(text, tag, (rendition.info.path,))
@@ -95,7 +99,7 @@ class VodRoutes:
     async def _iframes(
         self, req: urls.PlaybackRequest, fmt: Format, url_suffix: str, suffix: str
     ) -> Playlist:
-        rendition = await self.library.rendition(req.asset, req.rendition, fresh=True)
+        rendition = await self.assets.rendition(req.asset, req.rendition, fresh=True)
         if rendition.index.video is None:
             raise MediaNotFound("this rendition has no video, so no I-frame playlist")
         tag = self._tag("iframes", fmt, suffix, rendition.tag_parts())

@@ -3,6 +3,7 @@ input (always a clear 4xx, never a changed row) and the OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from auth.tokens import AccessTokens
 from backends.catalog import Catalog, VideoChanges
 from gateway.app import create_app
 from tests.conftest import settings_for
+from tests.media import MediaLibrary
 
 pytestmark = pytest.mark.anyio
 
@@ -45,9 +47,10 @@ def auth(user: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 async def api(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Api]:
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, {"playlist_ttl": 0.2})
     settings = type(settings)(
         storage=settings.storage,
+        cache=settings.cache,
         catalog=settings.catalog,
         auth=type(settings.auth)(jwt_secret=SECRET),
     )
@@ -428,3 +431,54 @@ async def test_likes_are_idempotent(api: Api) -> None:
     assert (await api.http.get(f"/api/v1/videos/{video}")).json()["likes"] == 1
     assert (await api.http.put("/api/v1/videos/nope/like", headers=auth(bob))).status_code == 404
     assert (await api.http.put(url)).status_code == 401
+
+
+async def test_playback_through_the_catalog(api: Api, media: MediaLibrary) -> None:
+    import shutil
+
+    from backends.catalog import Rendition
+
+    ada = await api.user("ada@example.com")
+    video = await ready_video(api, ada, title="ladder")
+    folder = api.root / "videos" / video
+    folder.mkdir(parents=True)
+    renditions = []
+    for name, bandwidth in (("360p", 800_000), ("240p", 400_000)):
+        shutil.copy(media.ladder() / f"{name}.mp4", folder / f"{name}.mp4")
+        renditions.append(
+            Rendition(name=name, path=f"videos/{video}/{name}.mp4", bandwidth=bandwidth)
+        )
+    await api.catalog.set_renditions(video, renditions)
+
+    master = await api.http.get(f"/v/{video}/master.m3u8")
+    assert master.status_code == 200, master.text
+    assert "360p/index.m3u8" in master.text
+    assert "240p/index.m3u8" in master.text
+    media_playlist = await api.http.get(f"/v/{video}/360p/index.m3u8")
+    assert media_playlist.status_code == 200
+    segment = await api.http.get(f"/v/{video}/360p/seg-1.m4s")
+    assert segment.status_code == 200
+    # The very bytes path mode serves for the same file.
+    same = await api.http.get(f"/vod/videos/{video}/360p/seg-1.m4s")
+    assert same.content == segment.content
+    assert (await api.http.get(f"/v/{video}/720p/index.m3u8")).status_code == 404
+
+    url = f"/api/v1/videos/{video}"
+    await api.http.patch(url, json={"privacy": "unlisted"}, headers=auth(ada))
+    await asyncio.sleep(0.3)  # past the cached lookup (cache.playlist_ttl in these tests)
+    assert (await api.http.get(f"/v/{video}/360p/seg-2.m4s")).status_code == 200
+    await api.http.patch(url, json={"privacy": "private"}, headers=auth(ada))
+    await asyncio.sleep(0.3)
+    private = await api.http.get(f"/v/{video}/master.m3u8")
+    assert private.status_code == 403
+    assert private.headers["content-type"] == "application/problem+json"
+
+    other = await make(api, ada, title="still uploading", privacy="public")
+    for path in (f"/v/{other['id']}/master.m3u8", "/v/nope/master.m3u8", "/v/nope/360p/seg-1.m4s"):
+        assert (await api.http.get(path)).status_code == 404, path
+
+    await api.http.patch(url, json={"privacy": "public"}, headers=auth(ada))
+    assert (await api.http.delete(url, headers=auth(ada))).status_code == 204
+    # Deleting drops the cached lookup and playlists at once, and the files.
+    assert (await api.http.get(f"/v/{video}/master.m3u8")).status_code == 404
+    assert not (folder / "360p.mp4").exists()

@@ -12,7 +12,7 @@ from backends.cache.redis_tier import RedisTier, RedisURLError, connect, display
 from backends.cache.tiered import Entry, PurgeResult, TieredCache
 from conf.settings import CacheSettings
 
-KINDS = ("index", "playlist", "segment")
+KINDS = ("index", "playlist", "segment", "video")
 
 __all__ = [
     "KINDS",
@@ -41,6 +41,8 @@ def open_cache(settings: CacheSettings, latency: Histogram | None = None) -> Tie
             "index": int(settings.index_budget_mb * _MB),
             "playlist": int(settings.playlist_budget_mb * _MB),
             "segment": int(settings.segment_budget_mb * _MB),
+            # Catalog lookups for /v/ playback: small, and in the playlists' budget class.
+            "video": int(settings.playlist_budget_mb * _MB),
         }
     )
     redis = None
