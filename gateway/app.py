@@ -16,7 +16,7 @@ from auth.tokens import from_settings as access_tokens
 from backends.blocking import BlockingRunner
 from backends.cache import metrics as cache_metrics
 from backends.cache import open_cache
-from backends.catalog import Catalog, engines
+from backends.catalog import Catalog, engines, views
 from backends.errors import ClipSyncError
 from backends.storage import Storage, open_storage
 from conf import Settings, load_resolved
@@ -44,7 +44,10 @@ def create_app(
     library = Library(settings, storage, runner, cache)
     if catalog is None:
         catalog = Catalog(engines.create(settings.catalog.url, settings.catalog.pool_size))
-    videos = VodRoutes(library, CatalogAssets(library, catalog))
+    playback = CatalogAssets(library, catalog)
+    videos = VodRoutes(library, playback)
+    seen = views.SharedSeen(cache.redis) if cache.redis is not None else views.Seen()
+    aggregator = views.ViewAggregator(catalog, seen)
     auth = settings.auth
     tokens = access_tokens(auth.jwt_secret, auth.jwt_kid, auth.access_ttl)
     vod = VodRoutes(library, PathAssets(library))
@@ -56,7 +59,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_page(registry), methods=["GET"]),
         Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
-        *api_routes(catalog, tokens, storage, cache),
+        *api_routes(catalog, tokens, storage, cache, playback, aggregator),
     ]
     middleware = [Middleware(PublicCORS)]
     handlers = {
@@ -69,6 +72,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await aggregator.close()  # the view counts not written yet
         await cache.close()  # pending cache writes, the purge subscription, Redis connections
         await catalog.close()
         await storage.close()  # remote stores hold connection pools
@@ -78,6 +82,7 @@ def create_app(
     )
     app.state.library = library
     app.state.catalog = catalog
+    app.state.views = aggregator
     return app
 
 

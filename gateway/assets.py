@@ -14,9 +14,9 @@ import msgspec
 
 from backends.cache import Entry, keys
 from backends.catalog import Catalog
+from backends.catalog.records import storage_folder
 from backends.catalog.store import PLAYABLE
 from backends.errors import Forbidden, MediaNotFound
-from gateway.api.videos import storage_folder
 from gateway.library import Library, Rendition
 
 
@@ -93,19 +93,20 @@ class CatalogAssets:
     def catalog_uri(self) -> str:
         return self.catalog.engine.url.render_as_string(hide_password=True)
 
-    async def _playable(self, video_id: str) -> list[tuple[str, str]]:
+    async def playable(self, video_id: str, media: bool = True) -> list[tuple[str, str]]:
+        """The renditions of a video anyone may play now; ``media``: it must have some."""
         source = await self._source(video_id)
-        if not source.found or source.status not in PLAYABLE or not source.renditions:
+        if not source.found or source.status not in PLAYABLE or (media and not source.renditions):
             raise MediaNotFound("no such video, or it is not playable yet")
         if source.privacy == "private":
             raise Forbidden("this video is private")
         return source.renditions
 
     async def ladder(self, asset: str) -> list[tuple[str, Rendition]]:
-        return await self.library.named_ladder(await self._playable(asset))
+        return await self.library.named_ladder(await self.playable(asset))
 
     async def rendition(self, asset: str, name: str, fresh: bool) -> Rendition:
-        for rendition, path in await self._playable(asset):
+        for rendition, path in await self.playable(asset):
             if rendition == name:
                 return await self.library.file(path, fresh)
         raise MediaNotFound(f"video {asset} has no rendition {name!r}")

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -31,6 +32,7 @@ class Api:
     http: httpx.AsyncClient
     catalog: Catalog
     root: Path
+    state: Any = None
 
     async def user(self, email: str, role: str = "user") -> dict[str, str]:
         user = await self.catalog.create_user(email, role=role)  # type: ignore[arg-type]
@@ -57,7 +59,12 @@ async def api(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Api]:
     app = create_app(settings, catalog=catalog)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield Api(http, catalog, tmp_path)
+        yield Api(http, catalog, tmp_path, app.state)
+
+
+@pytest.fixture
+def app_state(api: Api) -> Any:
+    return api.state
 
 
 async def make(api: Api, user: dict[str, str], **fields: object) -> dict[str, object]:
@@ -482,3 +489,100 @@ async def test_playback_through_the_catalog(api: Api, media: MediaLibrary) -> No
     # Deleting drops the cached lookup and playlists at once, and the files.
     assert (await api.http.get(f"/v/{video}/master.m3u8")).status_code == 404
     assert not (folder / "360p.mp4").exists()
+
+
+async def test_view_beacons_are_deduplicated_and_batched(api: Api, app_state: Any) -> None:
+    ada, bob = await api.user("ada@example.com"), await api.user("bob@example.com")
+    video = await ready_video(api, ada)
+    other = await ready_video(api, ada, title="other")
+    url = f"/api/v1/videos/{video}/views"
+    sessions = ["session-a-0001", "session-b-0002", "session-c-0003"]
+    for session in sessions:
+        for event, watched in (("start", 0), ("progress", 5), ("progress", 5), ("complete", 2)):
+            r = await api.http.post(
+                url, json={"session": session, "event": event, "watched": watched}
+            )
+            assert r.status_code == 202, r.text
+    # The same session again (a reload, a replayed beacon): no new view, no new completion.
+    for event in ("start", "complete"):
+        await api.http.post(url, json={"session": sessions[0], "event": event, "watched": 1})
+    await api.http.post(
+        f"/api/v1/videos/{other}/views", json={"session": "s-other-01", "event": "start"}
+    )
+    # Nothing is written per beacon ...
+    assert await api.rows("view_days") == []
+    assert (await api.http.get(f"/api/v1/videos/{video}")).json()["views"] == 0
+    # ... until the flush, which writes one row per video and day.
+    assert await app_state.views.flush() == 2
+    assert len(await api.rows("view_days")) == 2
+    assert (await api.http.get(f"/api/v1/videos/{video}")).json()["views"] == 3
+
+    r = await api.http.get(f"/api/v1/videos/{video}/stats", headers=auth(ada))
+    assert r.status_code == 200, r.text
+    stats = r.json()
+    assert stats["views"] == 3
+    assert stats["completions"] == 3
+    assert stats["completion_rate"] == 1.0
+    assert stats["watch_seconds"] == 3 * 12 + 2
+    assert len(stats["days"]) == 1
+    assert (
+        await api.http.get(f"/api/v1/videos/{video}/stats", headers=auth(bob))
+    ).status_code == 403
+
+    # More beacons the same day add to the same row.
+    await api.http.post(url, json={"session": "session-d-0004", "event": "start"})
+    assert await app_state.views.flush() == 1
+    assert (await api.http.get(f"/api/v1/videos/{video}/stats", headers=auth(ada))).json()[
+        "views"
+    ] == 4
+
+    trending = await api.http.get("/api/v1/trending")
+    assert [v["id"] for v in trending.json()["items"]] == [video, other]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"session": "short", "event": "start"},
+        {"session": "bad session!!", "event": "start"},
+        {"session": "session-a-0001", "event": "pause"},
+        {"session": "session-a-0001", "event": "start", "watched": -1},
+        {"session": "session-a-0001", "event": "start", "watched": 1e9},
+        {"session": "session-a-0001", "event": "start", "extra": 1},
+    ],
+)
+async def test_bad_beacons_are_400(api: Api, app_state: Any, body: dict[str, object]) -> None:
+    ada = await api.user("ada@example.com")
+    video = await ready_video(api, ada)
+    r = await api.http.post(f"/api/v1/videos/{video}/views", json=body)
+    assert r.status_code == 400, r.text
+    assert app_state.views.pending == {}
+
+
+async def test_beacons_for_videos_that_do_not_play_are_refused(api: Api, app_state: Any) -> None:
+    ada = await api.user("ada@example.com")
+    uploading = await make(api, ada, privacy="public")
+    beacon = {"session": "session-a-0001", "event": "start"}
+    for video_id in (uploading["id"], "nope"):
+        r = await api.http.post(f"/api/v1/videos/{video_id}/views", json=beacon)
+        assert r.status_code == 404
+    assert app_state.views.pending == {}
+
+
+async def test_replicas_agree_on_a_session_through_redis(
+    shared_redis: str, redis_prefix: str
+) -> None:
+    from backends.cache import open_cache
+    from backends.catalog.views import SharedSeen
+    from conf.settings import CacheSettings
+
+    settings = CacheSettings(redis_url=shared_redis, redis_prefix=redis_prefix)
+    replicas = [open_cache(settings) for _ in range(2)]
+    try:
+        seen = [SharedSeen(c.redis) for c in replicas if c.redis is not None]
+        assert await seen[0].first("video\x00session\x00start")
+        assert not await seen[1].first("video\x00session\x00start")
+        assert await seen[1].first("video\x00other-session\x00start")
+    finally:
+        for cache in replicas:
+            await cache.close()

@@ -356,6 +356,14 @@ class RedisTier:
         finally:
             self.timeout = saved
 
+    async def claim(self, key: str, ttl: float) -> bool | _Unavailable:
+        """True for the first caller to claim ``key`` within ``ttl`` on any replica."""
+
+        async def setnx() -> bool:
+            return bool(await self.client.set(self._key(key), b"1", nx=True, px=int(ttl * 1000)))
+
+        return await self._call("claim", setnx)
+
     # Cross-replica build lock ---------------------------------------------------------------
 
     async def try_lock(self, key: str) -> Lock | _Unavailable | None:

@@ -13,6 +13,11 @@ Status = Literal["uploading", "uploaded", "processing", "playable", "ready", "fa
 Role = Literal["user", "admin"]
 
 
+def storage_folder(video_id: str) -> str:
+    """Where an ingested video's files live (DESIGN.md's storage layout)."""
+    return f"videos/{video_id}"
+
+
 def new_id() -> str:
     """An unguessable, URL-safe id: 96 random bits as 16 characters."""
     return secrets.token_urlsafe(12)

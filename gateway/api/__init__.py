@@ -7,8 +7,11 @@ from starlette.routing import Route
 from auth.tokens import AccessTokens
 from backends.cache import TieredCache
 from backends.catalog import Catalog
+from backends.catalog.views import ViewAggregator
 from backends.storage import Storage
+from gateway.api.analytics import Analytics
 from gateway.api.models import (
+    Accepted,
     CommentCreate,
     CommentOut,
     CommentPage,
@@ -17,11 +20,14 @@ from gateway.api.models import (
     VideoCreated,
     VideoOut,
     VideoPage,
+    VideoStats,
     VideoUpdate,
+    ViewBeacon,
 )
 from gateway.api.social import Social
 from gateway.api.spec import Endpoint, Param, doc_routes, routes
 from gateway.api.videos import Videos
+from gateway.assets import CatalogAssets
 
 VIDEO_ID = Param("video_id", "path", {"type": "string", "maxLength": 64})
 COMMENT_ID = Param("comment_id", "path", {"type": "string", "maxLength": 64})
@@ -29,10 +35,11 @@ LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100
 CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 512}, "next_cursor of a page")
 SORT = Param("sort", "query", {"type": "string", "enum": ["newest", "most_viewed"]})
 QUERY = Param("q", "query", {"type": "string", "maxLength": 200}, "words to find")
+DAYS = Param("days", "query", {"type": "integer", "minimum": 1, "maximum": 366}, "window")
 PAGE = (LIMIT, CURSOR)
 
 
-def endpoints(videos: Videos, social: Social) -> list[Endpoint]:
+def endpoints(videos: Videos, social: Social, analytics: Analytics) -> list[Endpoint]:
     e = Endpoint
     return [
         e("POST", "/videos", "Create a video (then upload its file)", videos.create,
@@ -67,12 +74,26 @@ def endpoints(videos: Videos, social: Social) -> list[Endpoint]:
         e("GET", "/videos/{video_id}/like", "Whether I like it, and the count",
           social.like_state, response=LikeState, auth="required", params=(VIDEO_ID,),
           errors=(404,)),
+        e("POST", "/videos/{video_id}/views", "A player's view beacon (start, progress, complete)",
+          analytics.beacon, response=Accepted, status=202, body=ViewBeacon, params=(VIDEO_ID,),
+          errors=(400, 403, 404, 413)),
+        e("GET", "/videos/{video_id}/stats", "Views, watch time and completion per day (owner)",
+          analytics.stats, response=VideoStats, auth="required", params=(VIDEO_ID, DAYS),
+          errors=(400, 403, 404)),
+        e("GET", "/trending", "Public videos with the most views in the last days",
+          analytics.trending, response=VideoPage, params=(DAYS, LIMIT)),
     ]  # fmt: skip
 
 
 def api_routes(
-    catalog: Catalog, tokens: AccessTokens | None, storage: Storage, cache: TieredCache
+    catalog: Catalog,
+    tokens: AccessTokens | None,
+    storage: Storage,
+    cache: TieredCache,
+    playback: CatalogAssets,
+    aggregator: ViewAggregator,
 ) -> list[Route]:
     videos = Videos(catalog, tokens, storage, cache)
-    table = endpoints(videos, Social(catalog, videos))
+    analytics = Analytics(catalog, videos, playback, aggregator)
+    table = endpoints(videos, Social(catalog, videos), analytics)
     return routes(table) + doc_routes(table)

@@ -101,6 +101,34 @@ class LikeState(Struct, kw_only=True):
     likes: int
 
 
+class ViewBeacon(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Sent by players: ``start`` when playback starts, ``progress`` every few seconds,
+    ``complete`` at the end; ``watched`` is the seconds played since the previous beacon."""
+
+    session: Annotated[str, Meta(min_length=8, max_length=64, pattern="^[A-Za-z0-9_-]+$")]
+    event: Literal["start", "progress", "complete"]
+    watched: Annotated[float, Meta(ge=0, le=3600)] = 0.0
+
+
+class Accepted(Struct, kw_only=True):
+    accepted: bool
+
+
+class DayOut(Struct, kw_only=True):
+    day: str  # YYYY-MM-DD (UTC)
+    views: int
+    watch_seconds: float
+    completions: int
+
+
+class VideoStats(Struct, kw_only=True):
+    views: int
+    watch_seconds: float
+    completions: int
+    completion_rate: float  # completions / views over the window (0 when no views)
+    days: list[DayOut]
+
+
 class Problem(Struct, omit_defaults=True):
     """RFC 9457 problem details."""
 

@@ -13,6 +13,7 @@ from auth.tokens import AccessTokens, Principal
 from backends import paths
 from backends.cache import TieredCache, keys
 from backends.catalog import Catalog, NewVideo, Video, VideoChanges, search
+from backends.catalog.records import storage_folder
 from backends.catalog.store import PLAYABLE, Sort
 from backends.errors import ClipSyncError, Forbidden, InvalidRequest, NotFound, Unauthorized
 from backends.storage import Storage
@@ -29,11 +30,6 @@ from gateway.api.models import (
 log = logging.getLogger("clipsync.api")
 UPLOADS = "/api/v1/uploads"
 MAX_SEARCH_OFFSET = 1000
-
-
-def storage_folder(video_id: str) -> str:
-    """Where an ingested video's files live (DESIGN.md's storage layout)."""
-    return f"videos/{video_id}"
 
 
 class Videos:
