@@ -586,3 +586,19 @@ async def test_replicas_agree_on_a_session_through_redis(
     finally:
         for cache in replicas:
             await cache.close()
+
+
+async def test_related_videos(api: Api) -> None:
+    ada = await api.user("ada@example.com")
+    base = await ready_video(api, ada, title="Sailing the coast", tags=["sea", "boats", "travel"])
+    two_tags = await ready_video(api, ada, title="Harbour life", tags=["sea", "boats"])
+    one_tag = await ready_video(api, ada, title="City trip", tags=["travel"])
+    by_text = await ready_video(api, ada, title="Sailing lessons", tags=["school"])
+    await ready_video(api, ada, title="Cooking pasta", tags=["food"])
+    await make(api, ada, title="Sailing, private", tags=["sea", "boats", "travel"])
+    r = await api.http.get(f"/api/v1/videos/{base}/related")
+    assert r.status_code == 200, r.text
+    assert [v["id"] for v in r.json()["items"]] == [two_tags, one_tag, by_text]
+    r = await api.http.get(f"/api/v1/videos/{base}/related", params={"limit": "1"})
+    assert [v["id"] for v in r.json()["items"]] == [two_tags]
+    assert (await api.http.get("/api/v1/videos/nope/related")).status_code == 404

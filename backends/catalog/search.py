@@ -52,3 +52,39 @@ async def search(catalog: Catalog, query: str, limit: int, offset: int) -> list[
     async with catalog.engine.connect() as conn:
         ids = [row[0] for row in await conn.execute(text(_SQLITE if sqlite else _POSTGRES), params)]
     return await catalog.get_videos(ids)
+
+
+_TAG_NEIGHBOURS = f"""
+SELECT t2.video_id FROM video_tags t1
+JOIN video_tags t2 ON t2.tag = t1.tag AND t2.video_id <> t1.video_id
+JOIN videos v ON v.id = t2.video_id
+WHERE t1.video_id = :id AND v.privacy = 'public' AND v.status IN {PLAYABLE!r}
+GROUP BY t2.video_id, v.views ORDER BY count(*) DESC, v.views DESC, t2.video_id LIMIT :limit
+"""  # noqa: S608
+_SQLITE_ANY = f"""
+SELECT v.id FROM videos_fts JOIN videos v ON v.rowid = videos_fts.rowid
+WHERE videos_fts MATCH :q AND v.id <> :id AND v.privacy = 'public' AND v.status IN {PLAYABLE!r}
+ORDER BY bm25(videos_fts, 10.0, 2.0, 5.0), v.id LIMIT :limit
+"""  # noqa: S608
+_POSTGRES_ANY = f"""
+SELECT v.id FROM videos v, websearch_to_tsquery('english', :q) query
+WHERE v.search @@ query AND v.id <> :id AND v.privacy = 'public' AND v.status IN {PLAYABLE!r}
+ORDER BY ts_rank_cd(v.search, query) DESC, v.id LIMIT :limit
+"""  # noqa: S608
+
+
+async def related(catalog: Catalog, video: Video, limit: int) -> list[Video]:
+    """Recommendations for ``video``: public playable videos sharing the most tags, then those
+    whose text best matches its title and tags (any word)."""
+    params: dict[str, Any] = {"id": video.id, "limit": limit}
+    async with catalog.engine.connect() as conn:
+        ids = [row[0] for row in await conn.execute(text(_TAG_NEIGHBOURS), params)]
+        found = words(" ".join([video.title, *video.tags]))
+        if len(ids) < limit and found:
+            sqlite = catalog.engine.dialect.name == "sqlite"
+            q = " OR ".join(f'"{w}"' for w in found) if sqlite else " or ".join(found)
+            more = await conn.execute(
+                text(_SQLITE_ANY if sqlite else _POSTGRES_ANY), {**params, "q": q}
+            )
+            ids += [row[0] for row in more if row[0] not in ids]
+    return await catalog.get_videos(ids[:limit])

@@ -164,6 +164,12 @@ class Videos:
         )
         return http.json(page)
 
+    async def related(self, request: Request) -> Response:
+        video, _ = await self.visible(request)
+        limit = http.integer(request, "limit", 10, 1, 50)
+        items = await search.related(self.catalog, video, limit)
+        return http.json(VideoPage(items=[video_out(v) for v in items], next_cursor=None))
+
     async def mine(self, request: Request) -> Response:
         who = self.me(request)
         limit = http.integer(request, "limit", 20, 1, 100)
