@@ -32,7 +32,8 @@ class PublicCORS:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "OPTIONS":
+        # The API's own routes answer OPTIONS (405 with the route's Allow list).
+        if scope["method"] == "OPTIONS" and not scope["path"].startswith("/api/"):
             await send({"type": "http.response.start", "status": 204, "headers": self.preflight})
             await send({"type": "http.response.body", "body": b""})
             return

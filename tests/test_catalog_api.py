@@ -435,6 +435,7 @@ async def test_likes_are_idempotent(api: Api) -> None:
             "liked": False,
             "likes": 1,
         }
+    assert (await api.http.get(url, headers=auth(bob))).status_code == 404  # no like of mine
     assert (await api.http.get(f"/api/v1/videos/{video}")).json()["likes"] == 1
     assert (await api.http.put("/api/v1/videos/nope/like", headers=auth(bob))).status_code == 404
     assert (await api.http.put(url)).status_code == 401

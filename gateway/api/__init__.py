@@ -36,6 +36,8 @@ CURSOR = Param("cursor", "query", {"type": "string", "maxLength": 512}, "next_cu
 SORT = Param("sort", "query", {"type": "string", "enum": ["newest", "most_viewed"]})
 QUERY = Param("q", "query", {"type": "string", "maxLength": 200}, "words to find")
 DAYS = Param("days", "query", {"type": "integer", "minimum": 1, "maximum": 366}, "window")
+TRENDING_DAYS = Param("days", "query", {"type": "integer", "minimum": 1, "maximum": 90}, "window")
+FEW = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 50}, "how many")
 PAGE = (LIMIT, CURSOR)
 
 
@@ -57,7 +59,7 @@ def endpoints(videos: Videos, social: Social, analytics: Analytics) -> list[Endp
         e("GET", "/search", "Ranked full-text search over public videos", videos.search,
           response=VideoPage, params=(QUERY, *PAGE)),
         e("GET", "/videos/{video_id}/related", "Recommendations: shared tags, then similar text",
-          videos.related, response=VideoPage, auth="optional", params=(VIDEO_ID, LIMIT),
+          videos.related, response=VideoPage, auth="optional", params=(VIDEO_ID, FEW),
           errors=(400, 401, 404)),
         e("GET", "/me/videos", "My videos, whatever their status", videos.mine,
           response=VideoPage, auth="required", params=PAGE),
@@ -74,7 +76,7 @@ def endpoints(videos: Videos, social: Social, analytics: Analytics) -> list[Endp
           response=LikeState, auth="required", params=(VIDEO_ID,), errors=(404,)),
         e("DELETE", "/videos/{video_id}/like", "Unlike a video (idempotent)", social.like,
           response=LikeState, auth="required", params=(VIDEO_ID,), errors=(404,)),
-        e("GET", "/videos/{video_id}/like", "Whether I like it, and the count",
+        e("GET", "/videos/{video_id}/like", "My like of a video (404: I do not like it)",
           social.like_state, response=LikeState, auth="required", params=(VIDEO_ID,),
           errors=(404,)),
         e("POST", "/videos/{video_id}/views", "A player's view beacon (start, progress, complete)",
@@ -84,7 +86,7 @@ def endpoints(videos: Videos, social: Social, analytics: Analytics) -> list[Endp
           analytics.stats, response=VideoStats, auth="required", params=(VIDEO_ID, DAYS),
           errors=(400, 403, 404)),
         e("GET", "/trending", "Public videos with the most views in the last days",
-          analytics.trending, response=VideoPage, params=(DAYS, LIMIT)),
+          analytics.trending, response=VideoPage, params=(TRENDING_DAYS, LIMIT)),
     ]  # fmt: skip
 
 

@@ -66,6 +66,8 @@ class Social:
     async def like_state(self, request: Request) -> Response:
         who = self.videos.me(request)
         video, _ = await self.videos.visible(request)
-        liked = await social.liked_by(self.catalog, video.id, who.user_id)
+        # The resource is the caller's like: it exists after PUT and not after DELETE.
+        if not await social.liked_by(self.catalog, video.id, who.user_id):
+            raise NotFound("you do not like this video")
         current = await self.catalog.get_video(video.id)
-        return http.json(LikeState(liked=liked, likes=current.likes if current else 0))
+        return http.json(LikeState(liked=True, likes=current.likes if current else 0))
