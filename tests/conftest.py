@@ -90,3 +90,10 @@ def server(media: MediaLibrary, tmp_path_factory: pytest.TempPathFactory) -> Ite
     running = run_server(settings_for(media.root), log)
     yield running
     stop_server(running)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_catalog_folder() -> Iterator[None]:
+    """The shared test catalog goes with the run."""
+    yield
+    shutil.rmtree(Path(TEST_CATALOG.removeprefix("sqlite:///")).parent, ignore_errors=True)

@@ -294,3 +294,43 @@ def test_bad_requests_over_real_http_never_hurt_the_server(
     assert wrong == []
     assert server.process.poll() is None
     assert httpx.get(f"{server.base}/healthz").status_code == 200
+
+
+def test_ffmpeg_plays_a_catalog_video(server: Server, media: MediaLibrary, tmp_path: Path) -> None:
+    """/v/{id}/: the same packaging, with renditions resolved through the catalog."""
+    import asyncio
+
+    from backends.catalog import Catalog, NewVideo, Rendition, VideoChanges, engines
+    from tests.conftest import TEST_CATALOG
+
+    ffmpeg = require("ffmpeg", FFMPEG_HINT)
+    name = "h264_30fps_bframes"
+    source = media.good(name)
+
+    async def seed() -> str:
+        catalog = Catalog(engines.create(TEST_CATALOG))
+        try:
+            owner = await catalog.create_user(f"player-{tmp_path.name}@example.com")
+            video = await catalog.create_video(owner.id, NewVideo(title="x", privacy="unlisted"))
+            rendition = Rendition(name="main", path=f"{name}.mp4", bandwidth=2_000_000)
+            await catalog.set_renditions(video.id, [rendition])
+            await catalog.update_video(video.id, VideoChanges(status="ready"))
+            return video.id
+        finally:
+            await catalog.close()
+
+    video_id = asyncio.run(seed())
+    out = tmp_path / "copy.mp4"
+    master = f"{server.base}/v/{video_id}/master.m3u8"
+    run = subprocess.run(
+        [ffmpeg, "-nostdin", "-v", "warning", "-i", master, "-c", "copy", "-y", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "", f"ffmpeg warned:\n{run.stderr}"
+    theirs, ours = packets_by_type(str(source)), packets_by_type(str(out))
+    for kind in ("video", "audio"):
+        assert [p["size"] for p in ours[kind]] == [p["size"] for p in theirs[kind]], kind
+    assert video_md5(ffmpeg, out) == video_md5(ffmpeg, source)
