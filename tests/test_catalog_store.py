@@ -18,6 +18,7 @@ from backends.catalog import (
     VideoChanges,
     check,
     downgrade,
+    schema,
     state,
     upgrade,
 )
@@ -216,3 +217,24 @@ def test_serve_refuses_a_catalog_it_cannot_use(
         patch.setenv("CLIPSYNC_AUTH__JWT_SECRET", "short")
         assert main(["serve", "--library", str(tmp_path), "--port", "1"]) == 2
         assert "auth.jwt_secret must be at least 32 bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sort", ["newest", "most_viewed"])
+async def test_public_listings_can_read_their_index(catalog: Catalog, sort: str) -> None:
+    """The listing's condition matches its partial index, so pages are index range reads."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    query, _ = catalog._listing(text(schema.LISTED), sort)  # type: ignore[arg-type]  # sort: str
+    sqlite_dialect = catalog.engine.dialect.name == "sqlite"
+    dialect = sqlite.dialect() if sqlite_dialect else postgresql.dialect()
+    sql = str(query.limit(21).compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    async with catalog.engine.connect() as conn:
+        if sqlite_dialect:
+            plan = " ".join(
+                str(r[-1]) for r in await conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))
+            )
+        else:
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table
+            plan = " ".join(r[0] for r in await conn.execute(text(f"EXPLAIN {sql}")))
+    assert f"ix_videos_listed_{sort}" in plan, plan
+    assert "TEMP B-TREE" not in plan  # SQLite: no sort step

@@ -26,11 +26,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 PRIVACY: Final = ("public", "unlisted", "private")
 STATUS: Final = ("uploading", "uploaded", "processing", "playable", "ready", "failed")
 ROLES: Final = ("user", "admin")
+# The videos the public listings show: every listing query states exactly this condition, so
+# the planner can use the partial indexes below.
+LISTED: Final = "privacy = 'public' AND status IN ('playable', 'ready')"
 
 # Constraint names are fixed so migrations can name what they change on every dialect.
 metadata = MetaData(
@@ -90,8 +94,21 @@ videos = Table(
         name="status",
     ),
     Index(None, "owner_id", "created_at"),
-    Index(None, "privacy", "status", "created_at", "id"),
-    Index(None, "privacy", "status", "views", "id"),
+    # The public listings read these partial indexes in order (migration 0002).
+    Index(
+        "ix_videos_listed_newest",
+        text("created_at DESC"),
+        text("id DESC"),
+        postgresql_where=text(LISTED),
+        sqlite_where=text(LISTED),
+    ),
+    Index(
+        "ix_videos_listed_most_viewed",
+        text("views DESC"),
+        text("id DESC"),
+        postgresql_where=text(LISTED),
+        sqlite_where=text(LISTED),
+    ),
 )
 
 renditions = Table(

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import ColumnElement, Select, delete, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, delete, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import TextClause
 
 from backends.catalog import schema
 from backends.catalog.records import (
@@ -198,14 +199,20 @@ class Catalog:
 
     # Listings: keyset pagination, so a page costs the same at any depth ---------------------
 
-    def _listing(self, where: ColumnElement[bool], sort: Sort) -> tuple[Select[Any], list[Any]]:
+    def _listing(
+        self, where: ColumnElement[bool] | TextClause, sort: Sort
+    ) -> tuple[Select[Any], list[Any]]:
         v = schema.videos
         key = [v.c.created_at if sort == "newest" else v.c.views, v.c.id]
         columns = [c for c in v.c if c.name != "tags_text"]
         return select(*columns).where(where).order_by(*(k.desc() for k in key)), key
 
     async def _page(
-        self, where: ColumnElement[bool], sort: Sort, limit: int, after: tuple[Any, str] | None
+        self,
+        where: ColumnElement[bool] | TextClause,
+        sort: Sort,
+        limit: int,
+        after: tuple[Any, str] | None,
     ) -> tuple[list[Video], tuple[Any, str] | None]:
         query, key = self._listing(where, sort)
         if after is not None:
@@ -222,9 +229,8 @@ class Catalog:
         self, sort: Sort, limit: int, after: tuple[Any, str] | None = None
     ) -> tuple[list[Video], tuple[Any, str] | None]:
         """Public videos that play (playable or ready), and where the next page starts."""
-        v = schema.videos
-        where = (v.c.privacy == "public") & v.c.status.in_(PLAYABLE)
-        return await self._page(where, sort, limit, after)
+        # Literally the partial indexes' condition: a bound-parameter version would not match it.
+        return await self._page(text(schema.LISTED), sort, limit, after)
 
     async def list_owned(
         self, owner_id: str, limit: int, after: tuple[Any, str] | None = None
