@@ -65,6 +65,8 @@ class CatalogAssets:
     def __init__(self, library: Library, catalog: Catalog) -> None:
         self.library = library
         self.catalog = catalog
+        # Part of every lookup's cache key: computed once, not per segment request.
+        self.catalog_uri = catalog.engine.url.render_as_string(hide_password=True)
 
     async def _source(self, video_id: str) -> PlaybackSource:
         """The video's playback facts, cached like playlists (``cache.playlist_ttl``): a
@@ -88,10 +90,6 @@ class CatalogAssets:
             decode=_decode,
         )
         return await self.library.cache.fetch(entry, lookup)
-
-    @property
-    def catalog_uri(self) -> str:
-        return self.catalog.engine.url.render_as_string(hide_password=True)
 
     async def playable(self, video_id: str, media: bool = True) -> list[tuple[str, str]]:
         """The renditions of a video anyone may play now; ``media``: it must have some."""

@@ -306,6 +306,10 @@ class RedisTier:
         if value is None:
             self._count(self.stats.misses, kind)
             return None
+        return self._hit(kind, value, pttl)
+
+    def _hit(self, kind: str, value: bytes, pttl: int) -> tuple[bytes, float]:
+        """A value found, with its remaining lifetime in seconds (PTTL -1: none set)."""
         self._count(self.stats.hits, kind)
         self._count(self.stats.read_bytes, kind, len(value))
         return bytes(value), (pttl / 1000 if pttl > 0 else float("inf"))
@@ -398,9 +402,7 @@ class RedisTier:
         value, pttl, held = result
         if value is None:
             return bool(held)
-        self._count(self.stats.hits, kind)
-        self._count(self.stats.read_bytes, kind, len(value))
-        return bytes(value), (pttl / 1000 if pttl > 0 else float("inf"))
+        return self._hit(kind, value, pttl)
 
     async def unlock(self, lock: Lock) -> None:
         async def release() -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from backends.catalog import schema
 from backends.catalog.records import new_id
-from backends.catalog.store import Catalog
+from backends.catalog.store import Catalog, aware
 from backends.errors import NotFound
 
 
@@ -23,10 +23,6 @@ class Comment(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     body: str
     created_at: datetime
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 async def add_comment(catalog: Catalog, video_id: str, user_id: str, body: str) -> Comment:
@@ -52,7 +48,7 @@ async def get_comment(catalog: Catalog, comment_id: str) -> Comment | None:
     if row is None:
         return None
     fields = row._asdict()
-    return Comment(**{**fields, "created_at": _aware(fields["created_at"])})
+    return Comment(**{**fields, "created_at": aware(fields["created_at"])})
 
 
 async def list_comments(
@@ -66,7 +62,7 @@ async def list_comments(
     query = query.order_by(c.c.created_at.desc(), c.c.id.desc()).limit(limit + 1)
     async with catalog.engine.connect() as conn:
         rows = [r._asdict() for r in await conn.execute(query)]
-    comments = [Comment(**{**r, "created_at": _aware(r["created_at"])}) for r in rows[:limit]]
+    comments = [Comment(**{**r, "created_at": aware(r["created_at"])}) for r in rows[:limit]]
     if len(rows) <= limit or not comments:
         return comments, None
     return comments, (comments[-1].created_at, comments[-1].id)

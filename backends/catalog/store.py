@@ -30,7 +30,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime) -> datetime:
+def aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes: they were written in UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
@@ -52,6 +52,8 @@ def _tag_rows(video_id: str, tags: list[str]) -> list[dict[str, str]]:
 
 
 Sort = Literal["newest", "most_viewed"]
+# What a Video is read from: every column but the text the search index is built from.
+_VIDEO_COLUMNS = [c for c in schema.videos.c if c.name != "tags_text"]
 PLAYABLE = ("playable", "ready")
 
 
@@ -93,7 +95,7 @@ class Catalog:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             return None
-        return User(**{**row, "created_at": _aware(row["created_at"])})
+        return User(**{**row, "created_at": aware(row["created_at"])})
 
     # Videos ---------------------------------------------------------------------------------
 
@@ -133,18 +135,17 @@ class Catalog:
         if not ids:
             return []
         v = schema.videos
-        columns = [c for c in v.c if c.name != "tags_text"]
         async with self.engine.connect() as conn:
             rows = [
-                r._asdict() for r in await conn.execute(select(*columns).where(v.c.id.in_(ids)))
+                r._asdict()
+                for r in await conn.execute(select(*_VIDEO_COLUMNS).where(v.c.id.in_(ids)))
             ]
             found = {video.id: video for video in await self._videos(conn, rows)}
         return [found[i] for i in ids if i in found]
 
     async def _video(self, conn: AsyncConnection, video_id: str) -> Video | None:
         v = schema.videos
-        columns = [c for c in v.c if c.name != "tags_text"]
-        row = (await conn.execute(select(*columns).where(v.c.id == video_id))).first()
+        row = (await conn.execute(select(*_VIDEO_COLUMNS).where(v.c.id == video_id))).first()
         if row is None:
             return None
         return (await self._videos(conn, [row._asdict()]))[0]
@@ -163,8 +164,8 @@ class Catalog:
             renditions.setdefault(fields.pop("video_id"), []).append(Rendition(**fields))
         videos = []
         for row in rows:
-            row["created_at"] = _aware(row["created_at"])
-            row["updated_at"] = _aware(row["updated_at"])
+            row["created_at"] = aware(row["created_at"])
+            row["updated_at"] = aware(row["updated_at"])
             videos.append(Video(**row, renditions=renditions.get(row["id"], [])))
         return videos
 
@@ -204,8 +205,7 @@ class Catalog:
     ) -> tuple[Select[Any], list[Any]]:
         v = schema.videos
         key = [v.c.created_at if sort == "newest" else v.c.views, v.c.id]
-        columns = [c for c in v.c if c.name != "tags_text"]
-        return select(*columns).where(where).order_by(*(k.desc() for k in key)), key
+        return select(*_VIDEO_COLUMNS).where(where).order_by(*(k.desc() for k in key)), key
 
     async def _page(
         self,
