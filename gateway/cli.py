@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth.tokens import from_settings as access_tokens
+from backends import catalog
 from backends.blocking import BlockingRunner
 from backends.cache import RedisURLError
 from backends.cache.redis_tier import display as display_redis_url
@@ -72,33 +75,47 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def _db(action: str, settings: Settings) -> int:
-    import asyncio
+class CatalogUnreachable(SettingsError):
+    """The catalog database did not answer (down, wrong host, refused credentials)."""
 
-    from backends import catalog
+
+def _on_catalog(
+    url: str, work: Callable[[AsyncEngine], Awaitable[catalog.SchemaState]]
+) -> catalog.SchemaState:
+    """Run ``work`` on an engine for ``url`` (a SQLite file's folder made first); every
+    failure becomes a SettingsError naming the catalog, its password hidden."""
 
     async def run() -> catalog.SchemaState:
-        catalog.engines.make_folder(settings.catalog.url)
-        engine = catalog.engines.create(settings.catalog.url)
+        catalog.engines.make_folder(url)
+        engine = catalog.engines.create(url)
         try:
-            if action == "upgrade":
-                return await catalog.upgrade(engine)
-            return await catalog.state(engine)
+            return await work(engine)
         finally:
             await engine.dispose()
 
-    where = catalog.engines.display(settings.catalog.url)
+    where = catalog.engines.display(url)
     try:
-        found = asyncio.run(run())
+        return asyncio.run(run())
     except catalog.CatalogURLError as exc:
         raise SettingsError(str(exc)) from None
+    except catalog.CatalogOutdated as exc:
+        raise SettingsError(f"catalog {where}: {exc}") from None
     except (OSError, SQLAlchemyError) as exc:
-        print(
-            f"clipsync: error: catalog {where}: {type(exc).__name__}: cannot reach it",
-            file=sys.stderr,
-        )
+        raise CatalogUnreachable(
+            f"catalog {where}: cannot reach it ({type(exc).__name__}); check catalog.url"
+        ) from None
+
+
+def _db(action: str, settings: Settings) -> int:
+    url = settings.catalog.url
+    work = catalog.upgrade if action == "upgrade" else catalog.state
+    try:
+        found = _on_catalog(url, work)
+    except CatalogUnreachable as exc:
+        print(f"clipsync: error: {exc}", file=sys.stderr)
         return 1
     verdict = "up to date" if found.ready else "behind: run `clipsync db upgrade`"
+    where = catalog.engines.display(url)
     print(f"catalog {where}: schema {found.current or 'empty'} (newest {found.head}), {verdict}")
     return 0
 
@@ -176,31 +193,10 @@ def _serve(settings: Settings) -> None:
 def _prepare_catalog(url: str) -> str:
     """Start-up check of the catalog: an empty embedded SQLite file gets the schema; any other
     database must be at the newest revision, or serve stops with what to do."""
-    import asyncio
-
-    from backends import catalog
-
-    async def run() -> catalog.SchemaState:
-        embedded = catalog.engines.embedded(url)
-        catalog.engines.make_folder(url)
-        engine = catalog.engines.create(url)
-        try:
-            return await catalog.prepare(engine, create_if_empty=embedded)
-        finally:
-            await engine.dispose()
-
-    where = catalog.engines.display(url)
-    try:
-        found = asyncio.run(run())
-    except catalog.CatalogURLError as exc:
-        raise SettingsError(str(exc)) from None
-    except catalog.CatalogOutdated as exc:
-        raise SettingsError(f"catalog {where}: {exc}") from None
-    except (OSError, SQLAlchemyError) as exc:
-        raise SettingsError(
-            f"catalog {where}: cannot reach it ({type(exc).__name__}); check catalog.url"
-        ) from None
-    return f"{where} at schema {found.current}"
+    found = _on_catalog(
+        url, lambda engine: catalog.prepare(engine, create_if_empty=catalog.engines.embedded(url))
+    )
+    return f"{catalog.engines.display(url)} at schema {found.current}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
