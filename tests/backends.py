@@ -13,10 +13,9 @@ import pytest
 
 from backends.blocking import BlockingRunner
 from backends.storage import Storage, open_storage
-from conf import Settings
 from conf.settings import StorageSettings
 from gateway.app import create_app
-from tests.conftest import TEST_CATALOG
+from tests.conftest import settings_with
 from tests.media import CORRUPT, GOOD, MediaLibrary
 from tests.stores import Azurite, MotoS3, StaticHttp, nginx_binary
 
@@ -151,16 +150,6 @@ def libraries(request: pytest.FixtureRequest, media: MediaLibrary) -> Iterator[L
     found = Libraries(request, populate(media))
     yield found
     found.close()
-
-
-def settings_with(
-    storage: StorageSettings, cache: dict[str, object] | None = None, **vod: object
-) -> Settings:
-    raw = msgspec.to_builtins(Settings(storage=storage))
-    raw["vod"].update(vod)
-    raw["cache"].update(cache or {})
-    raw["catalog"]["url"] = TEST_CATALOG
-    return msgspec.convert(raw, Settings)
 
 
 @contextlib.asynccontextmanager

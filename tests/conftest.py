@@ -53,29 +53,49 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def settings_for(
-    root: Path | str, cache: dict[str, object] | None = None, **vod: object
+def settings_with(
+    storage: StorageSettings,
+    cache: dict[str, object] | None = None,
+    server: dict[str, object] | None = None,
+    **vod: object,
 ) -> Settings:
+    """Settings over ``storage`` with these cache, server and vod values; the catalog is the
+    run's own test catalog."""
     import msgspec
 
-    base = Settings(storage=StorageSettings(library=str(root)))
-    raw = msgspec.to_builtins(base)
+    raw = msgspec.to_builtins(Settings(storage=storage))
     raw["vod"].update(vod)
     raw["cache"].update(cache or {})
+    raw["server"].update(server or {})
     raw["catalog"]["url"] = TEST_CATALOG
     return msgspec.convert(raw, Settings)
 
 
+def settings_for(
+    root: Path | str,
+    cache: dict[str, object] | None = None,
+    server: dict[str, object] | None = None,
+    **vod: object,
+) -> Settings:
+    return settings_with(StorageSettings(library=str(root)), cache, server, **vod)
+
+
 @contextlib.asynccontextmanager
 async def app_client(
-    root: Path, cache: dict[str, object] | None = None, **vod: object
+    root: Path,
+    cache: dict[str, object] | None = None,
+    server: dict[str, object] | None = None,
+    **vod: object,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """The app in-process over ``root`` with ``cache`` and ``vod`` settings, and an httpx client
-    talking to it."""
-    app = create_app(settings_for(root, cache, **vod))
+    """The app in-process over ``root`` with these settings, and an httpx client talking to
+    it. Its cache is closed at the end (no lifespan runs in-process)."""
+    app = create_app(settings_for(root, cache, server, **vod))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield http, app
+        try:
+            yield http, app
+        finally:
+            await app.state.library.cache.close()
 
 
 @pytest.fixture

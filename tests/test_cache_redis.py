@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import redis
 
 from gateway.app import create_app
-from tests.conftest import settings_for
+from tests.conftest import app_client, settings_for
 from tests.media import MediaLibrary
 from tests.metrics import scrape, scrape_sync
 from tests.redis_fixtures import keys_under
@@ -30,26 +29,12 @@ PLAYLIST = f"/vod/{MEDIA}.mp4/main/index.m3u8"
 ADMIN = "test-admin-token"
 
 
-@contextlib.asynccontextmanager
-async def replica(
-    root: Path, url: str, prefix: str, **cache: object
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+def replica(
+    root: Path, url: str, prefix: str, **extra: object
+) -> contextlib.AbstractAsyncContextManager[tuple[httpx.AsyncClient, Any]]:
     """One gateway (in-process) using Redis at ``url`` under ``prefix``."""
-    settings = settings_for(root, {"redis_url": url, "redis_prefix": prefix, **cache})
-    settings = type(settings)(
-        storage=settings.storage,
-        vod=settings.vod,
-        cache=settings.cache,
-        server=type(settings.server)(admin_token=ADMIN),
-        player=settings.player,
-    )
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        try:
-            yield http, app
-        finally:
-            await app.state.library.cache.close()
+    cache = {"redis_url": url, "redis_prefix": prefix, **extra}
+    return app_client(root, cache, {"admin_token": ADMIN})
 
 
 async def settle(app: Any) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.app import create_app
-from tests.conftest import settings_for
+from tests.conftest import app_client
 from tests.media import MediaLibrary
 from tests.metrics import scrape
 from tests.redis_fixtures import RedisServer, cluster_port
@@ -94,18 +93,11 @@ def cluster_url(tmp_path: Path) -> Iterator[tuple[str, list[RedisServer]]]:
             node.stop()
 
 
-@contextlib.asynccontextmanager
-async def replica(root: Path, url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+def replica(
+    root: Path, url: str
+) -> contextlib.AbstractAsyncContextManager[tuple[httpx.AsyncClient, Any]]:
     # A generous timeout: these tests are about topology, not a slow Redis.
-    settings = settings_for(root, {"redis_url": url, "redis_timeout": 2.0})
-    server = type(settings.server)(admin_token=ADMIN)
-    app = create_app(type(settings)(storage=settings.storage, cache=settings.cache, server=server))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        try:
-            yield http, app
-        finally:
-            await app.state.library.cache.close()
+    return app_client(root, {"redis_url": url, "redis_timeout": 2.0}, {"admin_token": ADMIN})
 
 
 async def shared_then_purged(root: Path, url: str) -> None:
