@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backends.catalog import Catalog, engines, upgrade
@@ -30,6 +33,37 @@ async def _postgres_reachable() -> bool:
         await probe.dispose()
 
 
+async def require_postgres() -> None:
+    """Fail in CI, skip elsewhere (saying how to enable), when PostgreSQL is not there."""
+    if await _postgres_reachable():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"no PostgreSQL at {engines.display(POSTGRES_URL)}: CI must run these")
+    pytest.skip(f"no PostgreSQL at {engines.display(POSTGRES_URL)}: {HOW}")
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards: for a gateway process,
+    which cannot be told a schema. (Synchronous: for module-scoped fixtures.)"""
+    asyncio.run(require_postgres())
+    name = f"clipsync_test_{uuid.uuid4().hex[:12]}"
+
+    async def run(statement: str) -> None:
+        engine = engines.create(POSTGRES_URL)
+        try:
+            async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+                await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def empty_catalog(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -40,10 +74,7 @@ async def empty_catalog(
         yield engine
         await engine.dispose()
         return
-    if not await _postgres_reachable():
-        if os.environ.get("CI"):
-            pytest.fail(f"no PostgreSQL at {engines.display(POSTGRES_URL)}: CI must run these")
-        pytest.skip(f"no PostgreSQL at {engines.display(POSTGRES_URL)}: {HOW}")
+    await require_postgres()
     schema = f"clipsync_test_{uuid.uuid4().hex[:12]}"
     admin = engines.create(POSTGRES_URL)
     async with admin.begin() as conn:

@@ -1,6 +1,6 @@
-"""Schemathesis against the OpenAPI document of a running gateway (`clipsync serve`, SQLite
-catalog): generated requests, valid and not, find no 500 and no response that breaks the
-document."""
+"""Schemathesis against the OpenAPI document of a running gateway (`clipsync serve`, with a
+SQLite and with a PostgreSQL catalog): generated requests, valid and not, find no 500 and no
+response that breaks the document."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from auth.tokens import AccessTokens
 from backends.catalog import Catalog, NewVideo, VideoChanges, engines, upgrade
+from tests.catalog_fixtures import scratch_database
 from tests.conftest import settings_for
 from tests.serving import Server, run_server, stop_server
 
@@ -23,15 +24,24 @@ SECRET = "schemathesis-secret-" + "x" * 20
 
 class Gateway(msgspec.Struct):
     server: Server
+    folder: Path  # schemathesis runs here: its cache stays out of the checkout
     token: str
     video_id: str
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("schemathesis")
-    url = f"sqlite:///{folder}/catalog.sqlite3"
+    if request.param == "sqlite":
+        yield from _gateway(folder, f"sqlite:///{folder}/catalog.sqlite3")
+        return
+    with scratch_database() as url:
+        yield from _gateway(folder, url)
 
+
+def _gateway(folder: Path, url: str) -> Iterator[Gateway]:
     async def seed() -> tuple[str, str]:
         engine = engines.create(url)
         await upgrade(engine)
@@ -50,7 +60,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config["auth"]["jwt_secret"] = SECRET
     server = run_server(msgspec.convert(config, type(base)), folder / "gateway.log")
     token = AccessTokens({"k1": SECRET.encode()}, "k1", 3600).issue(user_id, "user")
-    yield Gateway(server, token, video_id)
+    yield Gateway(server, folder, token, video_id)
     stop_server(server)
 
 
@@ -76,5 +86,5 @@ def test_api_follows_its_document(gateway: Gateway) -> None:
         f"Authorization: Bearer {gateway.token}",
         "--no-color",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=gateway.folder)
     assert done.returncode == 0, done.stdout[-20_000:] + done.stderr[-5_000:]

@@ -194,6 +194,11 @@ async def test_listings_page_with_cursors(api: Api) -> None:
         ({"title": "t", "privacy": "secret"}, "Invalid enum value 'secret'"),
         ({"title": "t", "owner_id": "someone"}, "unknown field `owner_id`"),
         ({"title": "t", "description": "d" * 5001}, "length <= 5000"),
+        # PostgreSQL cannot store NUL; no UTF-8 encoder takes a lone surrogate.
+        ({"title": "a\u0000b"}, "matching regex"),
+        ({"title": "two\nlines"}, "matching regex"),
+        ({"title": "t", "tags": ["a\u0000"]}, "matching regex"),
+        ({"title": "t", "description": "bell\u0007"}, "matching regex"),
         ([], "Expected `object`"),
     ],
 )
@@ -216,6 +221,9 @@ async def test_raw_bad_bodies(api: Api) -> None:
         (b'{"title": "t"}', "text/plain", 400),
         (b'{"title": "' + b"x" * 70_000 + b'"}', "application/json", 413),
         ('{"title": "\ud800"}'.encode("utf-8", "surrogatepass"), "application/json", 400),
+        # The JSON escape of a lone surrogate is valid JSON, but not storable text.
+        (b'{"title": "\\ud800"}', "application/json", 400),
+        (b'{"tags": ["ok", "\\udfff"]}', "application/json", 400),
     ]
     for content, kind, status in cases:
         r = await api.http.patch(url, content=content, headers={**auth(ada), "content-type": kind})
@@ -268,7 +276,13 @@ async def test_bad_credentials_are_401(api: Api, header: str | None) -> None:
 
 async def test_unknown_ids_are_404(api: Api) -> None:
     ada = await api.user("ada@example.com")
-    for url in ("/api/v1/videos/nope", "/api/v1/videos/%27%20OR%201%3D1--"):
+    for url in (
+        "/api/v1/videos/nope",
+        "/api/v1/videos/%27%20OR%201%3D1--",
+        "/api/v1/videos/a%00b",
+        "/api/v1/videos/%ED%A0%80",
+        "/api/v1/videos/" + "x" * 300,
+    ):
         assert (await api.http.get(url)).status_code == 404
         assert (
             await api.http.patch(url, json={"title": "x"}, headers=auth(ada))

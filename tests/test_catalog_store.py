@@ -3,10 +3,13 @@ videos, and what a failed write leaves behind (nothing)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backends.catalog import (
@@ -19,16 +22,27 @@ from backends.catalog import (
     check,
     downgrade,
     schema,
+    search,
     state,
     upgrade,
 )
+from backends.catalog import engine as engines
 from backends.catalog.store import normalise_tags
 from gateway.cli import main
+from tests.catalog_fixtures import POSTGRES_URL
 from tests.serving import free_port
 
 pytestmark = pytest.mark.anyio
 
-TABLES = {"users", "videos", "renditions", "video_tags", "comments", "likes", "view_days"}
+TABLES = {
+    "users",
+    "videos",
+    "renditions",
+    "video_tags",
+    "comments",
+    "likes",
+    "view_days",
+}
 
 
 async def _tables(engine: AsyncEngine) -> set[str]:
@@ -238,3 +252,72 @@ async def test_public_listings_can_read_their_index(catalog: Catalog, sort: str)
             plan = " ".join(r[0] for r in await conn.execute(text(f"EXPLAIN {sql}")))
     assert f"ix_videos_listed_{sort}" in plan, plan
     assert "TEMP B-TREE" not in plan  # SQLite: no sort step
+
+
+@pytest.mark.parametrize("empty_catalog", ["postgresql"], indirect=True)  # SQLite: no connections
+async def test_reads_survive_the_database_dropping_every_connection(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database restart (or a proxy's idle timeout) kills every pooled connection: the next
+    reads must not fail. Connections idle for over IDLE_PING_AFTER are pinged at checkout."""
+    owner = await catalog.create_user("restart@example.com")
+    video = await catalog.create_video(owner.id, NewVideo(title="still here"))
+    # Hold five pooled connections at once, note their server pids, give them back, kill them.
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(catalog.reader.connect()) for _ in range(5)]
+        pids = [(await c.execute(text("SELECT pg_backend_pid()"))).scalar_one() for c in conns]
+    killer = engines.create(POSTGRES_URL)
+    try:
+        async with killer.connect() as conn:
+            killed = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM unnest(CAST(:pids AS int[])) AS p"
+                        " WHERE pg_terminate_backend(p)"
+                    ),
+                    {"pids": pids},
+                )
+            ).scalar_one()
+    finally:
+        await killer.dispose()
+    assert killed == 5
+    monkeypatch.setattr(engines, "IDLE_PING_AFTER", 0.0)
+    found = await asyncio.gather(*(catalog.get_video(video.id) for _ in range(5)))
+    assert [v.title if v else None for v in found] == ["still here"] * 5
+    # Writes too: the pool now holds live connections only.
+    assert await catalog.update_video(video.id, VideoChanges(title="renamed")) is not None
+
+
+async def test_common_words_rank_the_newest_matches(catalog: Catalog) -> None:
+    """A query matching more than MAX_RESULTS videos ranks the newest MAX_RESULTS of them (so
+    its cost is bounded), and a rare one ranks every match."""
+    owner = await catalog.create_user("many@example.com")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = []
+    for n in range(search.MAX_RESULTS + 10):
+        # The oldest video is the best match for "common"; the newest is the second best.
+        title = "common common common" if n in (0, search.MAX_RESULTS + 9) else f"common {n}"
+        rows.append(
+            {
+                "id": f"bulk{n:06d}",
+                "owner_id": owner.id,
+                "title": title,
+                "description": "rare" if n == 0 else "",
+                "tags": [],
+                "tags_text": "",
+                "privacy": "public",
+                "status": "ready",
+                "created_at": start + timedelta(minutes=n),
+                "updated_at": start,
+            }
+        )
+    async with catalog.engine.begin() as conn:
+        await conn.execute(insert(schema.videos), rows)
+    found = await search.search(catalog, "common", limit=5, offset=0)
+    assert found[0].id == f"bulk{search.MAX_RESULTS + 9:06d}"
+    assert "bulk000000" not in {v.id for v in found}
+    # Pages end after MAX_RESULTS: the oldest ten matches are beyond them.
+    tail = await search.search(catalog, "common", limit=20, offset=search.MAX_RESULTS - 5)
+    assert len(tail) == 5
+    assert min(v.id for v in tail) >= "bulk000010"
+    assert [v.id for v in await search.search(catalog, "rare common", 5, 0)] == ["bulk000000"]

@@ -43,7 +43,7 @@ async def add_comment(catalog: Catalog, video_id: str, user_id: str, body: str) 
 
 async def get_comment(catalog: Catalog, comment_id: str) -> Comment | None:
     c = schema.comments
-    async with catalog.engine.connect() as conn:
+    async with catalog.reader.connect() as conn:
         row = (await conn.execute(select(c).where(c.c.id == comment_id))).first()
     if row is None:
         return None
@@ -60,7 +60,7 @@ async def list_comments(
     if after is not None:
         query = query.where(tuple_(c.c.created_at, c.c.id) < tuple_(*after))
     query = query.order_by(c.c.created_at.desc(), c.c.id.desc()).limit(limit + 1)
-    async with catalog.engine.connect() as conn:
+    async with catalog.reader.connect() as conn:
         rows = [r._asdict() for r in await conn.execute(query)]
     comments = [Comment(**{**r, "created_at": aware(r["created_at"])}) for r in rows[:limit]]
     if len(rows) <= limit or not comments:
@@ -109,5 +109,5 @@ async def set_like(catalog: Catalog, video_id: str, user_id: str, liked: bool) -
 async def liked_by(catalog: Catalog, video_id: str, user_id: str) -> bool:
     lk = schema.likes
     where = (lk.c.video_id == video_id) & (lk.c.user_id == user_id)
-    async with catalog.engine.connect() as conn:
+    async with catalog.reader.connect() as conn:
         return (await conn.execute(select(lk.c.video_id).where(where))).first() is not None

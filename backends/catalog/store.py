@@ -3,14 +3,28 @@ PostgreSQL. Every write runs in one transaction; a failed write changes no row."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import ColumnElement, Select, delete, insert, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    delete,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import TextClause
 
 from backends.catalog import schema
@@ -24,6 +38,14 @@ from backends.catalog.records import (
     new_id,
 )
 from backends.errors import Conflict
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def possible_id(value: str) -> bool:
+    """Whether ``value`` could be one of our ids (``new_id``): anything else is unknown without
+    asking the database, which could not even take some strings (PostgreSQL refuses NUL)."""
+    return _ID.fullmatch(value) is not None
 
 
 def _now() -> datetime:
@@ -52,14 +74,64 @@ def _tag_rows(video_id: str, tags: list[str]) -> list[dict[str, str]]:
 
 
 Sort = Literal["newest", "most_viewed"]
-# What a Video is read from: every column but the text the search index is built from.
-_VIDEO_COLUMNS = [c for c in schema.videos.c if c.name != "tags_text"]
 PLAYABLE = ("playable", "ready")
+
+
+class _RenditionsJson(ColumnElement[str]):
+    """The renditions of the row's video as one JSON array, so a video (or a page of them) is
+    one query: a second query per request cost as much Python as the first."""
+
+    inherit_cache = True
+    type = String()
+
+
+_RENDITION_FIELDS = (
+    "'name', r.name, 'path', r.path, 'bandwidth', r.bandwidth, 'width', r.width, 'height', r.height"
+)
+
+
+@compiles(_RenditionsJson, "postgresql")
+def _renditions_postgresql(element: _RenditionsJson, compiler: SQLCompiler, **kw: Any) -> str:
+    return (
+        f"(SELECT json_agg(json_build_object({_RENDITION_FIELDS}))::text"  # noqa: S608 - constants
+        " FROM renditions r WHERE r.video_id = videos.id)"
+    )
+
+
+@compiles(_RenditionsJson, "sqlite")
+def _renditions_sqlite(element: _RenditionsJson, compiler: SQLCompiler, **kw: Any) -> str:
+    return (
+        f"(SELECT json_group_array(json_object({_RENDITION_FIELDS}))"  # noqa: S608 - constants
+        " FROM renditions r WHERE r.video_id = videos.id)"
+    )
+
+
+# What a Video is read from: every column but the text the search index is built from, and its
+# renditions.
+_VIDEO_COLUMNS = [
+    *(c for c in schema.videos.c if c.name != "tags_text"),
+    _RenditionsJson().label("renditions"),
+]
+# Built once: SQLAlchemy then reuses their cache keys and compiled forms.
+_BY_ID = select(*_VIDEO_COLUMNS).where(schema.videos.c.id == bindparam("video_id"))
+_BY_IDS = select(*_VIDEO_COLUMNS).where(schema.videos.c.id.in_(bindparam("ids", expanding=True)))
+_RENDITIONS = msgspec.json.Decoder(list[Rendition])
+
+
+def _video_of(row: Any) -> Video:
+    fields = row._asdict()
+    renditions = _RENDITIONS.decode(fields.pop("renditions") or "[]")
+    renditions.sort(key=lambda r: (-r.bandwidth, r.name))
+    fields["created_at"] = aware(fields["created_at"])
+    fields["updated_at"] = aware(fields["updated_at"])
+    return Video(**fields, renditions=renditions)
 
 
 class Catalog:
     def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+        self.engine = engine  # writes: engine.begin(), one transaction each
+        # Reads are single statements: autocommit spares each one a BEGIN and a ROLLBACK.
+        self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -87,11 +159,13 @@ class Catalog:
         return User(id=row["id"], email=email, role=role, disabled=False, created_at=now)
 
     async def get_user(self, user_id: str) -> User | None:
+        if not possible_id(user_id):
+            return None
         t = schema.users
         query = select(t.c.id, t.c.email, t.c.role, t.c.disabled, t.c.created_at).where(
             t.c.id == user_id
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             return None
@@ -127,47 +201,24 @@ class Catalog:
         return video
 
     async def get_video(self, video_id: str) -> Video | None:
-        async with self.engine.connect() as conn:
+        if not possible_id(video_id):
+            return None
+        async with self.reader.connect() as conn:
             return await self._video(conn, video_id)
 
     async def get_videos(self, ids: Sequence[str]) -> list[Video]:
         """The videos of ``ids`` that exist, in the order given."""
+        ids = [i for i in ids if possible_id(i)]
         if not ids:
             return []
-        v = schema.videos
-        async with self.engine.connect() as conn:
-            rows = [
-                r._asdict()
-                for r in await conn.execute(select(*_VIDEO_COLUMNS).where(v.c.id.in_(ids)))
-            ]
-            found = {video.id: video for video in await self._videos(conn, rows)}
+        async with self.reader.connect() as conn:
+            rows = await conn.execute(_BY_IDS, {"ids": list(ids)})
+            found = {video.id: video for video in map(_video_of, rows)}
         return [found[i] for i in ids if i in found]
 
     async def _video(self, conn: AsyncConnection, video_id: str) -> Video | None:
-        v = schema.videos
-        row = (await conn.execute(select(*_VIDEO_COLUMNS).where(v.c.id == video_id))).first()
-        if row is None:
-            return None
-        return (await self._videos(conn, [row._asdict()]))[0]
-
-    async def _videos(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Video]:
-        """Videos from their rows, with every rendition fetched in one query."""
-        r = schema.renditions
-        found = await conn.execute(
-            select(r.c.video_id, r.c.name, r.c.path, r.c.bandwidth, r.c.width, r.c.height)
-            .where(r.c.video_id.in_([row["id"] for row in rows]))
-            .order_by(r.c.bandwidth.desc())
-        )
-        renditions: dict[str, list[Rendition]] = {}
-        for item in found:
-            fields = item._asdict()
-            renditions.setdefault(fields.pop("video_id"), []).append(Rendition(**fields))
-        videos = []
-        for row in rows:
-            row["created_at"] = aware(row["created_at"])
-            row["updated_at"] = aware(row["updated_at"])
-            videos.append(Video(**row, renditions=renditions.get(row["id"], [])))
-        return videos
+        row = (await conn.execute(_BY_ID, {"video_id": video_id})).first()
+        return None if row is None else _video_of(row)
 
     async def update_video(self, video_id: str, changes: VideoChanges) -> Video | None:
         values: dict[str, Any] = msgspec.structs.asdict(changes)
@@ -217,9 +268,9 @@ class Catalog:
         query, key = self._listing(where, sort)
         if after is not None:
             query = query.where(tuple_(*key) < tuple_(*after))
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = list(await conn.execute(query.limit(limit + 1)))
-            videos = await self._videos(conn, [row._asdict() for row in rows[:limit]])
+        videos = [_video_of(row) for row in rows[:limit]]
         if len(rows) <= limit or not videos:
             return videos, None
         last = videos[-1]

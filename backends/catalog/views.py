@@ -169,7 +169,7 @@ async def daily(catalog: Catalog, video_id: str, days: int) -> list[DayStats]:
         .where((d.c.video_id == video_id) & (d.c.day >= since))
         .order_by(d.c.day)
     )
-    async with catalog.engine.connect() as conn:
+    async with catalog.reader.connect() as conn:
         return [DayStats(**row._asdict()) for row in await conn.execute(query)]
 
 
@@ -186,5 +186,5 @@ async def trending(catalog: Catalog, days: int, limit: int) -> list[str]:
         .order_by(total.desc(), d.c.video_id)
         .limit(limit)
     )
-    async with catalog.engine.connect() as conn:
+    async with catalog.reader.connect() as conn:
         return [row[0] for row in await conn.execute(query)]

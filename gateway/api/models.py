@@ -13,9 +13,16 @@ from backends.catalog import Video
 
 Privacy = Literal["public", "unlisted", "private"]
 Status = Literal["uploading", "uploaded", "processing", "playable", "ready", "failed"]
-Title = Annotated[str, Meta(min_length=1, max_length=200, description="Shown to viewers")]
-Description = Annotated[str, Meta(max_length=5000)]
-Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+# No control characters (a line: none at all; text: tab and line breaks) and no lone UTF-16
+# surrogates: PostgreSQL cannot store NUL, no UTF-8 encoder takes a lone surrogate, and neither
+# belongs in a title anyway. Written as regex escapes so the OpenAPI pattern carries them too.
+LINE = r"^[^\x00-\x1f\x7f\ud800-\udfff]*$"
+TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]*$"
+Title = Annotated[
+    str, Meta(min_length=1, max_length=200, pattern=LINE, description="Shown to viewers")
+]
+Description = Annotated[str, Meta(max_length=5000, pattern=TEXT)]
+Tag = Annotated[str, Meta(min_length=1, max_length=64, pattern=LINE)]
 Tags = Annotated[list[Tag], Meta(max_length=20, description="At most 20; case-insensitive")]
 
 
@@ -80,7 +87,7 @@ class VideoPage(Struct, kw_only=True):
 
 
 class CommentCreate(Struct, forbid_unknown_fields=True, kw_only=True):
-    body: Annotated[str, Meta(min_length=1, max_length=2000)]
+    body: Annotated[str, Meta(min_length=1, max_length=2000, pattern=TEXT)]
 
 
 class CommentOut(Struct, kw_only=True):

@@ -29,7 +29,6 @@ from gateway.api.models import (
 
 log = logging.getLogger("clipsync.api")
 UPLOADS = "/api/v1/uploads"
-MAX_SEARCH_OFFSET = 1000
 
 
 class Videos:
@@ -154,8 +153,8 @@ class Videos:
         scope = f"search:{keys.digest(query)}"
         after = http.cursor_in(request, scope)
         offset = int(after[0]) if after else 0
-        if offset > MAX_SEARCH_OFFSET:
-            raise InvalidRequest(f"search pages end after {MAX_SEARCH_OFFSET} results")
+        if offset > search.MAX_RESULTS:
+            raise InvalidRequest(f"search pages end after {search.MAX_RESULTS} results")
         items = await search.search(self.catalog, query, limit + 1, offset)
         more = (offset + limit, "") if len(items) > limit else None
         page = VideoPage(
