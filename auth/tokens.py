@@ -25,6 +25,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     role: Role
     token_id: str
+    expires: int = 0  # unix seconds
+    epoch: int = 0  # the user's session epoch when the token was issued
 
     @property
     def admin(self) -> bool:
@@ -40,7 +42,7 @@ class AccessTokens:
         self.ttl = ttl
         self.issuer = issuer
 
-    def issue(self, user_id: str, role: Role, now: float | None = None) -> str:
+    def issue(self, user_id: str, role: Role, now: float | None = None, epoch: int = 0) -> str:
         issued = int(time.time() if now is None else now)
         claims = {
             "sub": user_id,
@@ -49,6 +51,7 @@ class AccessTokens:
             "exp": issued + int(self.ttl),
             "jti": uuid.uuid4().hex,
             "iss": self.issuer,
+            "sev": epoch,
         }
         return jwt.encode(
             claims, self.keys[self.current], algorithm=ALGORITHM, headers={"kid": self.current}
@@ -77,10 +80,10 @@ class AccessTokens:
             raise Unauthorized("invalid access token") from None
         roles = claims.get("roles")
         role: Role = "admin" if isinstance(roles, list) and "admin" in roles else "user"
-        sub, jti = claims["sub"], claims["jti"]
-        if not isinstance(sub, str) or not isinstance(jti, str):
+        sub, jti, exp, epoch = claims["sub"], claims["jti"], claims["exp"], claims.get("sev", 0)
+        if not isinstance(sub, str) or not isinstance(jti, str) or type(epoch) is not int:
             raise Unauthorized("invalid access token")
-        return Principal(user_id=sub, role=role, token_id=jti)
+        return Principal(user_id=sub, role=role, token_id=jti, expires=int(exp), epoch=epoch)
 
 
 MIN_SECRET_BYTES = 32

@@ -42,6 +42,10 @@ TABLES = {
     "comments",
     "likes",
     "view_days",
+    "refresh_tokens",
+    "revoked_tokens",
+    "password_resets",
+    "login_failures",
 }
 
 

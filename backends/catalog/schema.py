@@ -48,8 +48,12 @@ metadata = MetaData(
 )
 
 
-def _when(name: str) -> Column[object]:
-    return Column(name, DateTime(timezone=True), nullable=False)
+def _when(name: str, nullable: bool = False) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+def _owner(name: str = "user_id") -> Column[object]:
+    return Column(name, String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
 
 
 users = Table(
@@ -62,7 +66,53 @@ users = Table(
     Column("disabled", Boolean, nullable=False, server_default="0"),
     _when("created_at"),
     _when("updated_at"),
+    # Access tokens carry the epoch they were issued in: raising it ends every session.
+    Column("session_epoch", Integer, nullable=False, server_default="0"),
     CheckConstraint("role IN ('user', 'admin')", name="role"),
+)
+
+# Refresh tokens by SHA-256 digest; one family per login, rotated on every use.
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    _owner(),
+    Column("family", String(32), nullable=False, index=True),
+    _when("created_at"),
+    _when("expires_at"),
+    _when("used_at", nullable=True),
+    Column("revoked", Boolean, nullable=False, server_default="0"),
+    Index("ix_refresh_tokens_user_id", "user_id"),
+)
+
+# Logged-out access tokens, until they would have expired anyway.
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    _when("expires_at", nullable=False),
+    Index("ix_revoked_tokens_expires_at", "expires_at"),
+)
+
+# Failed sign-ins per email digest (registered or not): the lockout's memory.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("email_digest", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    _when("first_at"),
+    _when("locked_until", nullable=True),
+)
+
+password_resets = Table(
+    "password_resets",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    _owner(),
+    _when("created_at"),
+    _when("expires_at"),
+    _when("used_at", nullable=True),
+    Index("ix_password_resets_user_id", "user_id"),
 )
 
 videos = Table(
