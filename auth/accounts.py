@@ -28,11 +28,11 @@ from auth.sessions import Issued, Sessions
 from backends.catalog import Catalog, schema
 from backends.catalog.records import User
 from backends.errors import (
-    ClipSyncError,
     Conflict,
     Forbidden,
     InvalidRequest,
     NotFound,
+    TooManyRequests,
     Unauthorized,
 )
 
@@ -42,12 +42,8 @@ _WRONG = "wrong email or password"
 MAX_RESET_TOKEN_CHARS = 128
 
 
-class LockedOut(ClipSyncError):
+class LockedOut(TooManyRequests):
     """Too many failed sign-ins for one address: 429 with Retry-After."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class AccountPolicy(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,12 +27,13 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from typing import Literal, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import aiosmtplib
 import msgspec
-from msgspec import Meta
+
+from conf import MailSettings
 
 log = logging.getLogger("clipsync.notify")
 
@@ -68,20 +69,6 @@ class Notifier(Protocol):
     async def send(self, message: Mail) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class MailSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    smtp_url: str = ""  # empty: write to the outbox folder instead
-    sender: str = "ClipSync <no-reply@localhost>"
-    timeout: Annotated[float, Meta(gt=0.0, le=300.0)] = 10.0  # one whole SMTP exchange
-    outbox: str = ""  # empty: <data folder>/outbox
-
-    def __repr__(self) -> str:
-        # Settings end up in tracebacks and debug logs: never with the SMTP password.
-        return (
-            f"MailSettings(smtp_url={display(self.smtp_url)!r}, sender={self.sender!r}, "
-            f"timeout={self.timeout!r}, outbox={self.outbox!r})"
-        )
 
 
 class SmtpTarget(msgspec.Struct, frozen=True, kw_only=True):

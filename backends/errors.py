@@ -71,3 +71,11 @@ class Conflict(ClipSyncError):
 
 class CatalogUnavailable(ClipSyncError):
     """The catalog database cannot answer now (down, unreachable, schema not ready)."""
+
+
+class TooManyRequests(ClipSyncError):
+    """A rate limit or a sign-in lockout: 429, with when to try again."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

@@ -1,5 +1,5 @@
 """Configuration: the Settings object and deployment files."""
 
-from conf.settings import Settings, SettingsError, load, load_resolved, to_env
+from conf.settings import MailSettings, Settings, SettingsError, load, load_resolved, to_env
 
-__all__ = ["Settings", "SettingsError", "load", "load_resolved", "to_env"]
+__all__ = ["MailSettings", "Settings", "SettingsError", "load", "load_resolved", "to_env"]

@@ -91,6 +91,7 @@ SECRET_FIELDS = frozenset(
         "admin_token",
         "jwt_secret",
         "url",  # the catalog's database URL may carry a password
+        "smtp_url",  # may carry a password
     }
 )
 
@@ -153,6 +154,31 @@ class AuthSettings(_Section, frozen=True):
     jwt_secret: Annotated[str, Meta(max_length=8192)] = ""
     jwt_kid: Annotated[str, Meta(min_length=1, max_length=64)] = "k1"
     access_ttl: Annotated[int, Meta(ge=60, le=86_400)] = 900
+    refresh_ttl: Annotated[int, Meta(ge=300, le=366 * 86_400)] = 30 * 86_400
+    # bcrypt work factor (each step doubles the cost; 12 is about 250 ms on one core).
+    password_cost: Annotated[int, Meta(ge=4, le=16)] = 12
+    # After this many failed sign-ins for one email within lockout_minutes, it is locked for
+    # lockout_minutes (429), registered or not.
+    lockout_failures: Annotated[int, Meta(ge=1, le=1000)] = 5
+    lockout_minutes: Annotated[float, Meta(gt=0, le=24 * 60)] = 15.0
+    reset_ttl: Annotated[int, Meta(ge=60, le=7 * 86_400)] = 3600
+    # Where this gateway is reached from outside (links in emails); empty: http://host:port.
+    public_url: Annotated[str, Meta(max_length=2048)] = ""
+    # Cookies for browsers carry Secure unless turned off (plain-HTTP local development only).
+    cookie_secure: bool = True
+    # Per client IP, in the `limits` notation ("N/second|minute|hour|day").
+    login_rate: Annotated[str, Meta(max_length=64)] = "20/minute"
+    register_rate: Annotated[str, Meta(max_length=64)] = "10/hour"
+    reset_rate: Annotated[str, Meta(max_length=64)] = "5/hour"
+
+
+class MailSettings(_Section, frozen=True):
+    # smtp://user:pass@host:587 (STARTTLS when offered), smtp+starttls://… (required),
+    # smtps://…:465 (TLS from the start); empty: messages go to the outbox folder.
+    smtp_url: Annotated[str, Meta(max_length=4096)] = ""
+    sender: Annotated[str, Meta(min_length=3, max_length=320)] = "ClipSync <no-reply@localhost>"
+    timeout: Annotated[float, Meta(gt=0.0, le=300.0)] = 10.0  # one whole SMTP exchange
+    outbox: str = ""  # empty: <storage.library>/.outbox
 
 
 class ServerSettings(_Section, frozen=True):
@@ -178,6 +204,7 @@ class Settings(_Section, frozen=True):
     cache: CacheSettings = CacheSettings()
     catalog: CatalogSettings = CatalogSettings()
     auth: AuthSettings = AuthSettings()
+    mail: MailSettings = MailSettings()
     server: ServerSettings = ServerSettings()
     player: PlayerSettings = PlayerSettings()
 

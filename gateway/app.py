@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -12,6 +13,10 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from auth import notify
+from auth.accounts import AccountPolicy, Accounts
+from auth.ratelimit import RateLimits
+from auth.sessions import Sessions
 from auth.tokens import from_settings as access_tokens
 from backends.blocking import BlockingRunner
 from backends.cache import metrics as cache_metrics
@@ -23,6 +28,8 @@ from conf import Settings, load_resolved
 from gateway import errors
 from gateway.admin import Admin
 from gateway.api import api_routes
+from gateway.api.accounts import AccountRoutes
+from gateway.api.identity import Identity
 from gateway.assets import CatalogAssets, PathAssets
 from gateway.cors import PublicCORS
 from gateway.library import Library
@@ -30,6 +37,34 @@ from gateway.ranges import RangeNotSatisfiable
 from gateway.routes import VodRoutes, healthz, metrics_page, player_page
 
 log = logging.getLogger("clipsync.gateway")
+DATA = Path("data")  # where the mail outbox goes by default, beside the default catalog
+
+
+def _accounts(settings: Settings, catalog: Catalog) -> tuple[Identity, AccountRoutes]:
+    """Sign-in, sessions and rate limits as configured (no jwt_secret: no accounts)."""
+    auth = settings.auth
+    tokens = access_tokens(auth.jwt_secret, auth.jwt_kid, auth.access_ttl)
+    limits = RateLimits(
+        {"login": auth.login_rate, "register": auth.register_rate, "reset": auth.reset_rate},
+        settings.cache.redis_url,
+        settings.cache.redis_prefix,
+        settings.cache.redis_timeout,
+    )
+    if tokens is None:
+        identity = Identity(None, None, auth.cookie_secure)
+        return identity, AccountRoutes(catalog, None, identity, limits, auth.refresh_ttl)
+    sessions = Sessions(catalog, tokens, auth.refresh_ttl)
+    public = auth.public_url.rstrip("/") or f"http://{settings.server.host}:{settings.server.port}"
+    policy = AccountPolicy(
+        password_cost=auth.password_cost,
+        lockout_failures=auth.lockout_failures,
+        lockout_seconds=auth.lockout_minutes * 60,
+        reset_ttl=auth.reset_ttl,
+        reset_url=f"{public}/reset-password",
+    )
+    accounts = Accounts(catalog, sessions, notify.from_settings(settings.mail, DATA), policy)
+    identity = Identity(tokens, sessions, auth.cookie_secure)
+    return identity, AccountRoutes(catalog, accounts, identity, limits, auth.refresh_ttl)
 
 
 def create_app(
@@ -48,8 +83,7 @@ def create_app(
     videos = VodRoutes(library, playback)
     seen = views.SharedSeen(cache.redis) if cache.redis is not None else views.Seen()
     aggregator = views.ViewAggregator(catalog, seen)
-    auth = settings.auth
-    tokens = access_tokens(auth.jwt_secret, auth.jwt_kid, auth.access_ttl)
+    identity, account_routes = _accounts(settings, catalog)
     vod = VodRoutes(library, PathAssets(library))
     admin = Admin(library, settings.server.admin_token)
     routes = [
@@ -59,7 +93,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_page(registry), methods=["GET"]),
         Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
-        *api_routes(catalog, tokens, storage, cache, playback, aggregator),
+        *api_routes(catalog, identity, account_routes, storage, cache, playback, aggregator),
     ]
     middleware = [Middleware(PublicCORS)]
     handlers = {
@@ -74,6 +108,7 @@ def create_app(
         yield
         await aggregator.close()  # the view counts not written yet
         await cache.close()  # pending cache writes, the purge subscription, Redis connections
+        await account_routes.limits.close()
         await catalog.close()
         await storage.close()  # remote stores hold connection pools
 
@@ -83,6 +118,7 @@ def create_app(
     app.state.library = library
     app.state.catalog = catalog
     app.state.views = aggregator
+    app.state.limits = account_routes.limits
     return app
 
 

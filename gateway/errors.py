@@ -21,6 +21,7 @@ from backends.errors import (
     RequestTooLarge,
     SegmentOutOfRange,
     StorageUnavailable,
+    TooManyRequests,
     Unauthorized,
 )
 from gateway.ranges import RangeNotSatisfiable
@@ -36,6 +37,7 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (Unauthorized, 401, "Unauthorized"),
     (Forbidden, 403, "Forbidden"),
     (Conflict, 409, "Conflict"),
+    (TooManyRequests, 429, "Too Many Requests"),
     (CatalogUnavailable, 503, "Catalog Unavailable"),
     (SegmentOutOfRange, 404, "Not Found"),
     (BadMedia, 422, "Unprocessable Media"),
@@ -69,7 +71,7 @@ def status_of(exc: Exception) -> tuple[int, str]:
 async def handle_domain(request: Request, exc: Exception) -> Response:
     status, title = status_of(exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, StorageUnavailable):
+    if isinstance(exc, StorageUnavailable | TooManyRequests):
         headers["retry-after"] = str(exc.retry_after)
     if isinstance(exc, RangeNotSatisfiable):
         headers["content-range"] = f"bytes */{exc.size}"

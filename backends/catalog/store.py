@@ -171,6 +171,22 @@ class Catalog:
             return None
         return User(**{**row, "created_at": aware(row["created_at"])})
 
+    async def list_users(
+        self, limit: int, after: tuple[Any, str] | None = None
+    ) -> tuple[list[User], tuple[Any, str] | None]:
+        """Every user, newest first (admin listing), and where the next page starts."""
+        t = schema.users
+        query = select(t.c.id, t.c.email, t.c.role, t.c.disabled, t.c.created_at)
+        if after is not None:
+            query = query.where(tuple_(t.c.created_at, t.c.id) < tuple_(*after))
+        query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
+        async with self.reader.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        users = [User(**{**row, "created_at": aware(row["created_at"])}) for row in rows[:limit]]
+        if len(rows) <= limit or not users:
+            return users, None
+        return users, (users[-1].created_at, users[-1].id)
+
     # Videos ---------------------------------------------------------------------------------
 
     async def create_video(self, owner_id: str, new: NewVideo) -> Video:

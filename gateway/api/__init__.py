@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from auth.tokens import AccessTokens
 from backends.cache import TieredCache
 from backends.catalog import Catalog
 from backends.catalog.views import ViewAggregator
 from backends.storage import Storage
+from gateway.api.account_models import (
+    Credentials,
+    LogoutRequest,
+    PasswordChange,
+    PasswordReset,
+    RefreshRequest,
+    ResetRequest,
+    SessionOut,
+    SignIn,
+    UserOut,
+    UserPage,
+)
+from gateway.api.accounts import AccountRoutes
 from gateway.api.analytics import Analytics
+from gateway.api.identity import Identity
 from gateway.api.models import (
     Accepted,
     CommentCreate,
@@ -39,6 +52,41 @@ DAYS = Param("days", "query", {"type": "integer", "minimum": 1, "maximum": 366},
 TRENDING_DAYS = Param("days", "query", {"type": "integer", "minimum": 1, "maximum": 90}, "window")
 FEW = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 50}, "how many")
 PAGE = (LIMIT, CURSOR)
+
+
+USER_ID = Param("user_id", "path", {"type": "string", "maxLength": 64})
+USERS_LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200}, "size")
+
+
+def account_endpoints(a: AccountRoutes) -> list[Endpoint]:
+    e = Endpoint
+    return [
+        e("POST", "/auth/register", "Create an account", a.register, response=UserOut,
+          status=201, body=Credentials, errors=(400, 401, 409, 413, 429)),
+        e("POST", "/auth/login", "Sign in: tokens in the body, or cookies with cookie: true",
+          a.login, response=SessionOut, body=SignIn, errors=(400, 401, 413, 429)),
+        e("POST", "/auth/refresh", "Next tokens of a session (the refresh token is spent)",
+          a.refresh, response=SessionOut, body=RefreshRequest, errors=(400, 401, 403, 413)),
+        e("POST", "/auth/logout", "Sign out: this access token and its session end", a.logout,
+          status=204, body=LogoutRequest, auth="required", errors=(400, 401, 403, 413)),
+        e("GET", "/auth/me", "The signed-in account", a.me, response=UserOut, auth="required",
+          errors=(401,)),
+        e("POST", "/auth/password", "Change my password: every session ends, a new one starts",
+          a.change_password, response=SessionOut, body=PasswordChange, auth="required",
+          errors=(400, 401, 403, 413)),
+        e("POST", "/auth/reset-request", "Email a one-time password reset link (always 202)",
+          a.request_reset, response=Accepted, status=202, body=ResetRequest,
+          errors=(400, 401, 413, 429)),
+        e("POST", "/auth/reset", "Set a new password with a reset link's token", a.reset,
+          status=204, body=PasswordReset, errors=(400, 401, 413, 429)),
+        e("GET", "/admin/users", "Every account, newest first (admin)", a.users,
+          response=UserPage, auth="required", params=(USERS_LIMIT, CURSOR),
+          errors=(400, 401, 403)),
+        e("POST", "/admin/users/{user_id}/disable", "Disable an account; its sessions end (admin)",
+          a.disable, status=204, auth="required", params=(USER_ID,), errors=(401, 403, 404)),
+        e("POST", "/admin/users/{user_id}/enable", "Enable an account again (admin)", a.disable,
+          status=204, auth="required", params=(USER_ID,), errors=(401, 403, 404)),
+    ]  # fmt: skip
 
 
 def endpoints(videos: Videos, social: Social, analytics: Analytics) -> list[Endpoint]:
@@ -92,13 +140,14 @@ def endpoints(videos: Videos, social: Social, analytics: Analytics) -> list[Endp
 
 def api_routes(
     catalog: Catalog,
-    tokens: AccessTokens | None,
+    identity: Identity,
+    accounts: AccountRoutes,
     storage: Storage,
     cache: TieredCache,
     playback: CatalogAssets,
     aggregator: ViewAggregator,
 ) -> list[Route]:
-    videos = Videos(catalog, tokens, storage, cache)
+    videos = Videos(catalog, identity, storage, cache)
     analytics = Analytics(catalog, videos, playback, aggregator)
-    table = endpoints(videos, Social(catalog, videos), analytics)
+    table = endpoints(videos, Social(catalog, videos), analytics) + account_endpoints(accounts)
     return routes(table) + doc_routes(table)

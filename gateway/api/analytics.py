@@ -37,7 +37,7 @@ class Analytics:
         return http.json(Accepted(accepted=True), 202)
 
     async def stats(self, request: Request) -> Response:
-        who = self.videos.me(request)
+        who = await self.videos.me(request)
         video = await self.catalog.get_video(request.path_params["video_id"])
         if video is None or (video.owner_id != who.user_id and not who.admin):
             if video is not None and video.privacy != "private":

@@ -14,8 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from auth.tokens import AccessTokens, Principal
-from backends.errors import CatalogUnavailable, InvalidRequest, RequestTooLarge, Unauthorized
+from backends.errors import CatalogUnavailable, InvalidRequest, RequestTooLarge
 
 T = TypeVar("T")
 MAX_BODY = 64 * 1024
@@ -42,20 +41,6 @@ async def body(request: Request, kind: type[T]) -> T:
 def json(value: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     all_headers = {"cache-control": "no-store", **(headers or {})}
     return Response(msgspec.json.encode(value), status, all_headers, media_type=JSON)
-
-
-def principal(request: Request, tokens: AccessTokens | None, required: bool) -> Principal | None:
-    header = request.headers.get("authorization")
-    if header is None:
-        if required:
-            raise Unauthorized("sign in: this needs an access token (Authorization: Bearer)")
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("expected Authorization: Bearer <access token>")
-    if tokens is None:
-        raise Unauthorized("accounts are not configured on this gateway (auth.jwt_secret)")
-    return tokens.verify(token.strip())
 
 
 def integer(request: Request, name: str, default: int, low: int, high: int) -> int:

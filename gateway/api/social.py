@@ -28,7 +28,7 @@ class Social:
         self.videos = videos
 
     async def comment(self, request: Request) -> Response:
-        who = self.videos.me(request)
+        who = await self.videos.me(request)
         video, _ = await self.videos.visible(request)
         wanted = await http.body(request, CommentCreate)
         added = await social.add_comment(self.catalog, video.id, who.user_id, wanted.body)
@@ -47,7 +47,7 @@ class Social:
         return http.json(page)
 
     async def delete_comment(self, request: Request) -> Response:
-        who = self.videos.me(request)
+        who = await self.videos.me(request)
         comment = await social.get_comment(self.catalog, request.path_params["comment_id"])
         if comment is None:
             raise NotFound("no such comment")
@@ -57,14 +57,14 @@ class Social:
         return Response(status_code=204, headers={"cache-control": "no-store"})
 
     async def like(self, request: Request) -> Response:
-        who = self.videos.me(request)
+        who = await self.videos.me(request)
         video, _ = await self.videos.visible(request)
         liked = request.method == "PUT"
         likes = await social.set_like(self.catalog, video.id, who.user_id, liked)
         return http.json(LikeState(liked=liked, likes=likes))
 
     async def like_state(self, request: Request) -> Response:
-        who = self.videos.me(request)
+        who = await self.videos.me(request)
         video, _ = await self.videos.visible(request)
         # The resource is the caller's like: it exists after PUT and not after DELETE.
         if not await social.liked_by(self.catalog, video.id, who.user_id):

@@ -64,6 +64,7 @@ _REASONS = {
     404: "No such object (or not visible to this caller)",
     409: "Conflicts with what is stored",
     413: "Body too large",
+    429: "Too many requests or failed sign-ins: wait Retry-After seconds",
     503: "The catalog cannot answer now; retry",
 }
 

@@ -9,7 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from auth.tokens import AccessTokens, Principal
+from auth.tokens import Principal
 from backends import paths
 from backends.cache import TieredCache, keys
 from backends.catalog import Catalog, NewVideo, Video, VideoChanges, search
@@ -18,6 +18,7 @@ from backends.catalog.store import PLAYABLE, Sort
 from backends.errors import ClipSyncError, Forbidden, InvalidRequest, NotFound
 from backends.storage import Storage
 from gateway.api import http
+from gateway.api.identity import Identity
 from gateway.api.models import (
     UploadTarget,
     VideoCreate,
@@ -33,26 +34,24 @@ UPLOADS = "/api/v1/uploads"
 
 class Videos:
     def __init__(
-        self, catalog: Catalog, tokens: AccessTokens | None, storage: Storage, cache: TieredCache
+        self, catalog: Catalog, identity: Identity, storage: Storage, cache: TieredCache
     ) -> None:
         self.catalog = catalog
-        self.tokens = tokens
+        self.identity = identity
         self.storage = storage
         self.cache = cache
 
-    def who(self, request: Request, required: bool = True) -> Principal | None:
-        return http.principal(request, self.tokens, required)
+    async def who(self, request: Request, required: bool = True) -> Principal | None:
+        return await self.identity.of(request, required)
 
-    def me(self, request: Request) -> Principal:
-        who = self.who(request)
-        assert who is not None
-        return who
+    async def me(self, request: Request) -> Principal:
+        return await self.identity.me(request)
 
     async def visible(self, request: Request) -> tuple[Video, Principal | None]:
         """The video of the URL if this caller may see it; 404 otherwise (a private video's
         existence is not revealed)."""
         video = await self.catalog.get_video(request.path_params["video_id"])
-        who = self.who(request, required=False)
+        who = await self.who(request, required=False)
         if video is None:
             raise NotFound("no such video")
         mine = who is not None and (who.user_id == video.owner_id or who.admin)
@@ -62,7 +61,7 @@ class Videos:
         return video, who
 
     async def create(self, request: Request) -> Response:
-        who = self.me(request)
+        who = await self.me(request)
         wanted = await http.body(request, VideoCreate)
         video = await self.catalog.create_video(
             who.user_id,
@@ -84,7 +83,7 @@ class Videos:
         return http.json(video_out(video))
 
     async def update(self, request: Request) -> Response:
-        who = self.me(request)  # anonymous callers learn nothing about the video
+        who = await self.me(request)  # anonymous callers learn nothing about the video
         video, _ = await self.visible(request)
         if who.user_id != video.owner_id:
             raise Forbidden("only the owner may change this video")
@@ -96,7 +95,7 @@ class Videos:
         return http.json(video_out(changed))
 
     async def delete(self, request: Request) -> Response:
-        who = self.me(request)
+        who = await self.me(request)
         video = await self.catalog.get_video(request.path_params["video_id"])
         if video is None:
             raise NotFound("no such video")
@@ -169,7 +168,7 @@ class Videos:
         return http.json(VideoPage(items=[video_out(v) for v in items], next_cursor=None))
 
     async def mine(self, request: Request) -> Response:
-        who = self.me(request)
+        who = await self.me(request)
         limit = http.integer(request, "limit", 20, 1, 100)
         scope = "mine:newest"
         items, after = await self.catalog.list_owned(
