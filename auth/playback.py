@@ -38,6 +38,7 @@ import msgspec
 
 from backends.errors import Forbidden, MediaNotFound
 from backends.paths import clean
+from conf import Settings
 
 VERSION = "v1"
 DEFAULT_TTL = 6 * 3600
@@ -265,3 +266,15 @@ def _decode(body: str, kid: str) -> tuple[PlaybackClaims, Network | None]:
         raise Forbidden(_INVALID) from None
     network, text = wire if wire is not None else (None, None)
     return PlaybackClaims(subject=subject, expires=expires, network=text, kid=kid), network
+
+
+def from_settings(settings: Settings) -> PlaybackSigner | None:
+    """The signer of playback URLs (``auth.playback_secret``, else ``auth.jwt_secret``); None
+    when neither is set. ValueError for a key too short or a token requirement without a key."""
+    auth = settings.auth
+    key = auth.playback_secret or auth.jwt_secret
+    if not key:
+        if settings.vod.require_token:
+            raise ValueError("vod.require_token needs auth.playback_secret or auth.jwt_secret")
+        return None
+    return PlaybackSigner({auth.jwt_kid: key.encode()}, auth.jwt_kid)

@@ -90,6 +90,7 @@ SECRET_FIELDS = frozenset(
         "redis_url",  # may carry a password
         "admin_token",
         "jwt_secret",
+        "playback_secret",
         "url",  # the catalog's database URL may carry a password
         "smtp_url",  # may carry a password
     }
@@ -104,6 +105,8 @@ class VodSettings(_Section, frozen=True):
     playlist_max_age: Annotated[int, Meta(ge=0, le=31_536_000)] = 60
     segment_max_age: Annotated[int, Meta(ge=0, le=31_536_000)] = 31_536_000
     gzip_playlists: bool = True
+    # Path mode: every /vod/ request needs a signed playback token (`clipsync sign <path>`).
+    require_token: bool = False
     # Gap below which two byte ranges of one segment are read as one request.
     read_coalesce_gap: Annotated[int, Meta(ge=0, le=16 * 1024 * 1024)] = 64 * 1024
     # Wider gaps too, smallest first, while the bytes read in between stay within this
@@ -167,6 +170,9 @@ class AuthSettings(_Section, frozen=True):
     # Cookies for browsers carry Secure unless turned off (plain-HTTP local development only).
     cookie_secure: bool = True
     # Per client IP, in the `limits` notation ("N/second|minute|hour|day").
+    # Signed playback URLs: their key (empty: jwt_secret; >= 32 bytes) and default lifetime.
+    playback_secret: Annotated[str, Meta(max_length=8192)] = ""
+    playback_ttl: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 6 * 3600
     login_rate: Annotated[str, Meta(max_length=64)] = "20/minute"
     register_rate: Annotated[str, Meta(max_length=64)] = "10/hour"
     reset_rate: Annotated[str, Meta(max_length=64)] = "5/hour"

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from auth import notify
 from auth.accounts import AccountPolicy, Accounts
+from auth.playback import from_settings as playback_signer
 from auth.ratelimit import RateLimits
 from auth.sessions import Sessions
 from auth.tokens import from_settings as access_tokens
@@ -79,12 +80,13 @@ def create_app(
     library = Library(settings, storage, runner, cache)
     if catalog is None:
         catalog = Catalog(engines.create(settings.catalog.url, settings.catalog.pool_size))
-    playback = CatalogAssets(library, catalog)
+    signer = playback_signer(settings)
+    playback = CatalogAssets(library, catalog, signer)
     videos = VodRoutes(library, playback)
     seen = views.SharedSeen(cache.redis) if cache.redis is not None else views.Seen()
     aggregator = views.ViewAggregator(catalog, seen)
     identity, account_routes = _accounts(settings, catalog)
-    vod = VodRoutes(library, PathAssets(library))
+    vod = VodRoutes(library, PathAssets(library, signer, settings.vod.require_token))
     admin = Admin(library, settings.server.admin_token)
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
@@ -93,7 +95,17 @@ def create_app(
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_page(registry), methods=["GET"]),
         Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
-        *api_routes(catalog, identity, account_routes, storage, cache, playback, aggregator),
+        *api_routes(
+            catalog,
+            identity,
+            account_routes,
+            storage,
+            cache,
+            playback,
+            aggregator,
+            signer,
+            settings.auth.playback_ttl,
+        ),
     ]
     middleware = [Middleware(PublicCORS)]
     handlers = {

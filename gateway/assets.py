@@ -2,8 +2,8 @@
 
 Both resolve to the same things — a ladder of renditions and single renditions — so one set
 of playback routes serves both. A catalog video plays when it is ``playable`` or ``ready``;
-``public`` and ``unlisted`` videos play without a token; ``private`` ones need signed
-playback, which the accounts issue brings (until then they do not play).
+``public`` and ``unlisted`` videos play without a token; ``private`` ones need a signed playback
+token (``?token=``) granting that video; with ``vod.require_token`` every path-mode asset does.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Protocol
 
 import msgspec
 
+from auth.playback import PlaybackSigner, for_path, for_video
 from backends.cache import Entry, keys
 from backends.catalog import Catalog
 from backends.catalog.records import storage_folder
@@ -23,6 +24,11 @@ from gateway.library import Library, Rendition
 class Assets(Protocol):
     scope: str  # part of every playlist cache key: the two URL spaces never share entries
 
+    async def admit(self, asset: str, token: str | None, client_ip: str | None) -> bool:
+        """Forbidden unless this request may play ``asset``; True when it needed a token (its
+        playlists then must not be cached by shared caches: they carry the token)."""
+        ...
+
     async def ladder(self, asset: str) -> list[tuple[str, Rendition]]: ...
 
     async def rendition(self, asset: str, name: str, fresh: bool) -> Rendition: ...
@@ -32,11 +38,31 @@ class Assets(Protocol):
         ...
 
 
+def _verify(
+    signer: PlaybackSigner | None, token: str | None, subject: str, client_ip: str | None
+) -> None:
+    if signer is None:
+        raise Forbidden("signed playback is not configured on this gateway (auth.jwt_secret)")
+    if not token:
+        raise Forbidden("this video needs a signed playback URL (?token=)")
+    signer.verify(token, subject, client_ip)
+
+
 class PathAssets:
     scope = "vod"
 
-    def __init__(self, library: Library) -> None:
+    def __init__(
+        self, library: Library, signer: PlaybackSigner | None = None, required: bool = False
+    ) -> None:
         self.library = library
+        self.signer = signer
+        self.required = required
+
+    async def admit(self, asset: str, token: str | None, client_ip: str | None) -> bool:
+        if not self.required:
+            return False
+        _verify(self.signer, token, for_path(asset), client_ip)
+        return True
 
     async def ladder(self, asset: str) -> list[tuple[str, Rendition]]:
         return await self.library.ladder(asset)
@@ -62,9 +88,12 @@ async def _decode(data: bytes) -> PlaybackSource:
 class CatalogAssets:
     scope = "v"
 
-    def __init__(self, library: Library, catalog: Catalog) -> None:
+    def __init__(
+        self, library: Library, catalog: Catalog, signer: PlaybackSigner | None = None
+    ) -> None:
         self.library = library
         self.catalog = catalog
+        self.signer = signer
         # Part of every lookup's cache key: computed once, not per segment request.
         self.catalog_uri = catalog.engine.url.render_as_string(hide_password=True)
 
@@ -91,12 +120,22 @@ class CatalogAssets:
         )
         return await self.library.cache.fetch(entry, lookup)
 
-    async def playable(self, video_id: str, media: bool = True) -> list[tuple[str, str]]:
-        """The renditions of a video anyone may play now; ``media``: it must have some."""
+    async def admit(self, asset: str, token: str | None, client_ip: str | None) -> bool:
+        source = await self._source(asset)
+        if source.found and source.privacy == "private":
+            _verify(self.signer, token, for_video(asset), client_ip)
+            return True
+        return False
+
+    async def playable(
+        self, video_id: str, media: bool = True, public_only: bool = False
+    ) -> list[tuple[str, str]]:
+        """The renditions of a video that plays now; ``media``: it must have some;
+        ``public_only``: refuse a private one (callers without a token check)."""
         source = await self._source(video_id)
         if not source.found or source.status not in PLAYABLE or (media and not source.renditions):
             raise MediaNotFound("no such video, or it is not playable yet")
-        if source.privacy == "private":
+        if public_only and source.privacy == "private":
             raise Forbidden("this video is private")
         return source.renditions
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from auth import playback
+from auth.playback import from_settings as playback_signer
+from auth.ratelimit import parse_rule
 from auth.tokens import from_settings as access_tokens
 from backends import catalog
 from backends.blocking import BlockingRunner
@@ -72,7 +77,32 @@ def parser() -> argparse.ArgumentParser:
     )
     db.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
     db.add_argument("--catalog", help="catalog database URL (sqlite:///file or postgresql://...)")
+    sign = commands.add_parser("sign", help="print a signed playback URL for a library path")
+    sign.add_argument("path", help="a file (movies/a.mp4) or a folder (movies/b/) of the library")
+    sign.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
+    sign.add_argument("--ttl", type=int, help="seconds the URL works (default auth.playback_ttl)")
+    sign.add_argument("--cidr", help="only for clients in this network (or one IP address)")
+    sign.add_argument("--base", help="URL of the gateway (default http://host:port)")
     return root
+
+
+def _sign(args: argparse.Namespace, settings: Settings) -> int:
+    """``clipsync sign``: the master playlist URL of a path-mode asset, with its token."""
+    signer = playback_signer(settings)
+    if signer is None:
+        raise SettingsError("clipsync sign needs auth.playback_secret or auth.jwt_secret")
+    asset = args.path.strip("/")
+    try:
+        subject = playback.for_path(args.path)
+        ttl = args.ttl or settings.auth.playback_ttl
+        if ttl <= 0:
+            raise ValueError("--ttl must be a positive number of seconds")
+        token = signer.sign(subject, int(time.time()) + ttl, args.cidr)
+    except (ValueError, ClipSyncError) as exc:
+        raise SettingsError(f"cannot sign {args.path!r}: {exc}") from None
+    base = args.base or f"http://{settings.server.host}:{settings.server.port}"
+    print(f"{base.rstrip('/')}/vod/{quote(asset)}/master.m3u8?token={token}")
+    return 0
 
 
 class CatalogUnreachable(SettingsError):
@@ -169,6 +199,12 @@ def _serve(settings: Settings) -> None:
         tokens = access_tokens(
             settings.auth.jwt_secret, settings.auth.jwt_kid, settings.auth.access_ttl
         )
+        playback_signer(settings)
+        for rule in ("login_rate", "register_rate", "reset_rate"):
+            try:
+                parse_rule(getattr(settings.auth, rule))
+            except ValueError as exc:
+                raise ValueError(f"auth.{rule}: {exc}") from None
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     schema = _prepare_catalog(settings.catalog.url)
@@ -207,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "db":
             overrides = {"catalog": {"url": args.catalog}} if args.catalog else {}
             return _db(args.action, load(args.config, overrides=overrides))
+        if args.command == "sign":
+            return _sign(args, load(args.config))
         settings = load(args.config, overrides=_overrides(args))
         if args.command == "demo":
             library = settings.storage.library.removeprefix("file://")

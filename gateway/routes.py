@@ -39,6 +39,7 @@ class VodRoutes:
         self.assets = assets
         vod = library.settings.vod
         self.default_format: Format = vod.segment_format
+        self._playlist_age = vod.playlist_max_age
         self.playlist_cache = f"public, max-age={vod.playlist_max_age}"
         self.media_cache = responses.IMMUTABLE.format(age=vod.segment_max_age)
         self.gzip = vod.gzip_playlists
@@ -52,8 +53,10 @@ class VodRoutes:
     async def _handle(self, request: Request) -> Response:
         req = urls.parse(request.path_params["path"])
         fmt: Format = req.format or self.default_format
+        client = request.client.host if request.client else None
+        signed = await self.assets.admit(req.asset, request.query_params.get(TOKEN_PARAM), client)
         if req.kind in ("master", "media", "iframes"):
-            return await self._playlist(request, req, fmt)
+            return await self._playlist(request, req, fmt, signed)
         # A playlist checks the file's version when it is built; media requests may reuse a
         # recent answer (a replaced file is still caught: reads are conditional on the version
         # planned for, and cached segments are keyed by it).
@@ -62,7 +65,9 @@ class VodRoutes:
             return await self._init(request, rendition)
         return await self._segment(request, rendition, req.number, fmt)
 
-    async def _playlist(self, request: Request, req: urls.PlaybackRequest, fmt: Format) -> Response:
+    async def _playlist(
+        self, request: Request, req: urls.PlaybackRequest, fmt: Format, signed: bool
+    ) -> Response:
         suffix = _suffix(request)
         url_suffix = f"-{req.format}" if req.format else ""
         builders = {"master": self._master, "media": self._media, "iframes": self._iframes}
@@ -72,7 +77,10 @@ class VodRoutes:
             self.assets.home(req.asset),
             lambda: build(req, fmt, url_suffix, suffix),
         )
-        return responses.playlist(request, item, self.playlist_cache, self.gzip)
+        # A signed playlist carries its token in every URI: no shared cache may keep it (a CDN
+        # keying on the path alone would hand one viewer's token to the next).
+        cache = f"private, max-age={min(60, self._playlist_age)}" if signed else self.playlist_cache
+        return responses.playlist(request, item, cache, self.gzip)
 
     def _tag(self, *parts: object) -> str:
         return responses.etag(*parts, self.library.settings_key)

@@ -506,6 +506,72 @@ async def test_playback_through_the_catalog(api: Api, media: MediaLibrary) -> No
     assert not (folder / "360p.mp4").exists()
 
 
+async def _private_ladder(api: Api, media: MediaLibrary, owner: dict[str, str]) -> str:
+    import shutil
+
+    from backends.catalog import Rendition
+
+    video = await ready_video(api, owner, title="secret")
+    folder = api.root / "videos" / video
+    folder.mkdir(parents=True)
+    shutil.copy(media.ladder() / "240p.mp4", folder / "240p.mp4")
+    await api.catalog.set_renditions(
+        video, [Rendition(name="240p", path=f"videos/{video}/240p.mp4", bandwidth=400_000)]
+    )
+    await api.catalog.update_video(video, VideoChanges(privacy="private"))
+    return video
+
+
+async def test_signed_playback_of_private_videos(api: Api, media: MediaLibrary) -> None:
+    from auth.playback import PlaybackSigner, for_video
+
+    ada, bob = await api.user("ada@example.com"), await api.user("bob@example.com")
+    video = await _private_ladder(api, media, ada)
+    paths = ("master.m3u8", "240p/index.m3u8", "240p/init.mp4", "240p/seg-1.m4s")
+    for path in paths:
+        r = await api.http.get(f"/v/{video}/{path}")
+        assert r.status_code == 403, path
+        assert "signed playback" in r.json()["detail"]
+    grant = f"/api/v1/videos/{video}/playback"
+    assert (await api.http.post(grant, json={})).status_code == 404  # anonymous: not revealed
+    assert (await api.http.post(grant, json={}, headers=auth(bob))).status_code == 404
+    r = await api.http.post(grant, json={}, headers=auth(ada))
+    assert r.status_code == 201, r.text
+    signed = r.json()
+    token = signed["token"]
+    assert signed["url"].endswith(f"/v/{video}/master.m3u8?token={token}")
+    master = await api.http.get(f"/v/{video}/master.m3u8?token={token}")
+    assert master.status_code == 200
+    assert master.headers["cache-control"].startswith("private")
+    assert f"240p/index.m3u8?token={token}" in master.text
+    media_playlist = await api.http.get(f"/v/{video}/240p/index.m3u8?token={token}")
+    assert f"seg-1.m4s?token={token}" in media_playlist.text
+    for path in paths[2:]:
+        assert (await api.http.get(f"/v/{video}/{path}?token={token}")).status_code == 200
+    # Another video's token, a tampered one, an expired one, one bound elsewhere: 403.
+    other = await _private_ladder(api, media, ada)
+    theirs = await api.http.post(f"/api/v1/videos/{other}/playback", json={}, headers=auth(ada))
+    signer = PlaybackSigner({"k1": SECRET.encode()}, "k1")
+    bad = {
+        "not valid for this video": theirs.json()["token"],
+        "invalid playback token": token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
+        "expired": signer.sign(for_video(video), int(time.time()) - 1),
+        "not valid from this address": signer.sign(
+            for_video(video), int(time.time()) + 60, "203.0.113.0/24"
+        ),
+    }
+    for reason, wrong in bad.items():
+        r = await api.http.get(f"/v/{video}/240p/seg-1.m4s?token={wrong}")
+        assert r.status_code == 403, reason
+        assert reason in r.json()["detail"]
+    # Bound to the caller's own address (the test client is 127.0.0.1): it plays.
+    r = await api.http.post(grant, json={"bind_ip": True}, headers=auth(ada))
+    bound = r.json()["token"]
+    assert (await api.http.get(f"/v/{video}/240p/seg-1.m4s?token={bound}")).status_code == 200
+    for body in ({"cidr": "not a network"}, {"cidr": "10.0.0.1/8"}, {"ttl": 5}, {"x": 1}):
+        assert (await api.http.post(grant, json=body, headers=auth(ada))).status_code == 400
+
+
 async def test_view_beacons_are_deduplicated_and_batched(api: Api, app_state: Any) -> None:
     ada, bob = await api.user("ada@example.com"), await api.user("bob@example.com")
     video = await ready_video(api, ada)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
+from auth.playback import PlaybackSigner
 from backends.cache import TieredCache
 from backends.catalog import Catalog
 from backends.catalog.views import ViewAggregator
@@ -13,6 +14,8 @@ from gateway.api.account_models import (
     LogoutRequest,
     PasswordChange,
     PasswordReset,
+    PlaybackOut,
+    PlaybackRequest,
     RefreshRequest,
     ResetRequest,
     SessionOut,
@@ -37,6 +40,7 @@ from gateway.api.models import (
     VideoUpdate,
     ViewBeacon,
 )
+from gateway.api.playback import PlaybackGrants
 from gateway.api.social import Social
 from gateway.api.spec import Endpoint, Param, doc_routes, routes
 from gateway.api.videos import Videos
@@ -58,9 +62,13 @@ USER_ID = Param("user_id", "path", {"type": "string", "maxLength": 64})
 USERS_LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200}, "size")
 
 
-def account_endpoints(a: AccountRoutes) -> list[Endpoint]:
+def account_endpoints(a: AccountRoutes, grants: PlaybackGrants) -> list[Endpoint]:
     e = Endpoint
     return [
+        e("POST", "/videos/{video_id}/playback",
+          "A signed playback URL (private videos: owner or admin)", grants.grant,
+          response=PlaybackOut, status=201, body=PlaybackRequest, auth="optional",
+          params=(VIDEO_ID,), errors=(400, 401, 403, 404, 413)),
         e("POST", "/auth/register", "Create an account", a.register, response=UserOut,
           status=201, body=Credentials, errors=(400, 401, 409, 413, 429)),
         e("POST", "/auth/login", "Sign in: tokens in the body, or cookies with cookie: true",
@@ -146,8 +154,12 @@ def api_routes(
     cache: TieredCache,
     playback: CatalogAssets,
     aggregator: ViewAggregator,
+    signer: PlaybackSigner | None,
+    playback_ttl: int,
 ) -> list[Route]:
     videos = Videos(catalog, identity, storage, cache)
     analytics = Analytics(catalog, videos, playback, aggregator)
-    table = endpoints(videos, Social(catalog, videos), analytics) + account_endpoints(accounts)
+    grants = PlaybackGrants(videos, signer, playback_ttl)
+    table = endpoints(videos, Social(catalog, videos), analytics)
+    table += account_endpoints(accounts, grants)
     return routes(table) + doc_routes(table)

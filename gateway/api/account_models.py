@@ -67,3 +67,16 @@ class UserOut(Struct, kw_only=True):
 class UserPage(Struct, kw_only=True):
     items: list[UserOut]
     next_cursor: str | None
+
+
+class PlaybackRequest(Struct, forbid_unknown_fields=True, kw_only=True):
+    ttl: Annotated[int, Meta(ge=60, le=30 * 86_400)] | None = None  # seconds; default 6 h
+    # Bind the URL to the caller's address (bind_ip) or to a network ("203.0.113.0/24").
+    bind_ip: bool = False
+    cidr: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class PlaybackOut(Struct, kw_only=True):
+    url: str  # the master playlist, signed; every URI in it carries the same token
+    token: str
+    expires_at: datetime

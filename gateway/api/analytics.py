@@ -30,7 +30,7 @@ class Analytics:
         beacon = await http.body(request, ViewBeacon)
         video_id = request.path_params["video_id"]
         # The cached playback lookup: a beacon reads no more of the database than a segment.
-        await self.playback.playable(video_id, media=False)
+        await self.playback.playable(video_id, media=False, public_only=True)
         await self.aggregator.beacon(
             video_id, beacon.session, beacon.event, round(beacon.watched * 1000)
         )
