@@ -1,24 +1,59 @@
-"""Access tokens: short-lived JWTs (HS256, one key per ``kid``) naming a user and their role.
+"""Access tokens: short-lived JWTs naming a user and their role, signed HS256 (a shared secret)
+or ES256 (a P-256 key pair: replicas that only verify need only the public key).
 
-The algorithm is pinned: a token's header may pick the key (``kid``) but never the algorithm,
-so ``alg: none`` and algorithm confusion are refused by construction. Accounts (issuing tokens
-at login, refresh, revocation) build on this module.
+Each key has a ``kid`` and its own algorithm. A token's header may pick the key (``kid``) but
+never the algorithm: the key's algorithm is the only one accepted, so ``alg: none`` and HS/ES
+confusion (an HMAC made with the public key as its secret) are refused by construction. Old keys
+stay as verify-only entries while their tokens live out (rotation).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 import jwt
 import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from backends.errors import Unauthorized
+from conf.settings import AuthSettings
 
 Role = Literal["user", "admin"]
-ALGORITHM = "HS256"
+Algorithm = Literal["HS256", "ES256"]
 MAX_TOKEN_BYTES = 4096
+MIN_SECRET_BYTES = 32
+
+
+class Key(msgspec.Struct, frozen=True):
+    algorithm: Algorithm
+    verifying: Any  # HS256: the secret (bytes); ES256: the public key
+    signing: Any = None  # HS256: the secret; ES256: the private key; None: verify only
+
+
+def hs256(secret: bytes) -> Key:
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"an HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
+    return Key("HS256", secret, secret)
+
+
+def es256(pem: bytes) -> Key:
+    """A P-256 key from PEM: a private key signs and verifies, a public key only verifies."""
+    try:
+        if b"PRIVATE KEY" in pem:
+            private = serialization.load_pem_private_key(pem, password=None)
+            public = private.public_key()
+        else:
+            private, public = None, serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM key: {exc}") from None
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise ValueError("an ES256 key must be an EC key on the P-256 curve")
+    return Key("ES256", public, private)
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,10 +69,16 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AccessTokens:
-    def __init__(self, keys: dict[str, bytes], current: str, ttl: float, issuer: str = "clipsync"):
-        if current not in keys:
-            raise ValueError(f"no key for the current kid {current!r}")
-        self.keys = keys
+    def __init__(
+        self,
+        keys: Mapping[str, bytes | Key],
+        current: str,
+        ttl: float,
+        issuer: str = "clipsync",
+    ):
+        self.keys = {kid: k if isinstance(k, Key) else hs256(k) for kid, k in keys.items()}
+        if current not in self.keys or self.keys[current].signing is None:
+            raise ValueError(f"no signing key for the current kid {current!r}")
         self.current = current
         self.ttl = ttl
         self.issuer = issuer
@@ -53,8 +94,9 @@ class AccessTokens:
             "iss": self.issuer,
             "sev": epoch,
         }
+        key = self.keys[self.current]
         return jwt.encode(
-            claims, self.keys[self.current], algorithm=ALGORITHM, headers={"kid": self.current}
+            claims, key.signing, algorithm=key.algorithm, headers={"kid": self.current}
         )
 
     def verify(self, token: str) -> Principal:
@@ -69,8 +111,8 @@ class AccessTokens:
                 raise Unauthorized("invalid access token")
             claims = jwt.decode(
                 token,
-                key,
-                algorithms=[ALGORITHM],
+                key.verifying,
+                algorithms=[key.algorithm],
                 issuer=self.issuer,
                 options={"require": ["sub", "exp", "iat", "jti", "iss"]},
             )
@@ -86,15 +128,33 @@ class AccessTokens:
         return Principal(user_id=sub, role=role, token_id=jti, expires=int(exp), epoch=epoch)
 
 
-MIN_SECRET_BYTES = 32
-
-
-def from_settings(jwt_secret: str, kid: str, ttl: float) -> AccessTokens | None:
+def from_settings(auth: AuthSettings) -> AccessTokens | None:
     """The access tokens the settings describe; None when accounts are not configured.
-    Raises ValueError for a secret too short to resist guessing."""
-    if not jwt_secret:
+    ValueError for a key that is too short, unreadable or of the wrong kind."""
+    if auth.jwt_algorithm == "ES256":
+        if not auth.jwt_private_key_file:
+            raise ValueError("auth.jwt_algorithm ES256 needs auth.jwt_private_key_file")
+        current = _es256_file(auth.jwt_private_key_file)
+    elif auth.jwt_secret:
+        current = hs256(auth.jwt_secret.encode())
+    else:
         return None
-    secret = jwt_secret.encode()
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"auth.jwt_secret must be at least {MIN_SECRET_BYTES} bytes")
-    return AccessTokens({kid: secret}, kid, ttl)
+    keys = {auth.jwt_kid: current}
+    for kid, value in auth.jwt_verify_keys.items():
+        # Rotation: earlier keys, verify only. A PEM file path for ES256, a secret for HS256.
+        keys[kid] = (
+            _es256_file(value, verify_only=True)
+            if value.endswith(".pem")
+            else hs256(value.encode())
+        )
+    return AccessTokens(keys, auth.jwt_kid, auth.access_ttl)
+
+
+def _es256_file(path: str, verify_only: bool = False) -> Key:
+    try:
+        key = es256(Path(path).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"key file {path}: {exc}") from None
+    return Key(key.algorithm, key.verifying) if verify_only else key

@@ -90,6 +90,7 @@ SECRET_FIELDS = frozenset(
         "redis_url",  # may carry a password
         "admin_token",
         "jwt_secret",
+        "jwt_verify_keys",
         "playback_secret",
         "url",  # the catalog's database URL may carry a password
         "smtp_url",  # may carry a password
@@ -156,6 +157,11 @@ class AuthSettings(_Section, frozen=True):
     # Empty: the API's signed-in endpoints answer 401 (accounts are not configured).
     jwt_secret: Annotated[str, Meta(max_length=8192)] = ""
     jwt_kid: Annotated[str, Meta(min_length=1, max_length=64)] = "k1"
+    # ES256: tokens signed with a P-256 private key (PEM file); HS256: with jwt_secret.
+    jwt_algorithm: Literal["HS256", "ES256"] = "HS256"
+    jwt_private_key_file: str = ""
+    # Earlier keys still accepted while their tokens live out: kid -> secret, or -> public .pem.
+    jwt_verify_keys: dict[str, str] = {}
     access_ttl: Annotated[int, Meta(ge=60, le=86_400)] = 900
     refresh_ttl: Annotated[int, Meta(ge=300, le=366 * 86_400)] = 30 * 86_400
     # bcrypt work factor (each step doubles the cost; 12 is about 250 ms on one core).

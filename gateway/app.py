@@ -44,7 +44,7 @@ DATA = Path("data")  # where the mail outbox goes by default, beside the default
 def _accounts(settings: Settings, catalog: Catalog) -> tuple[Identity, AccountRoutes]:
     """Sign-in, sessions and rate limits as configured (no jwt_secret: no accounts)."""
     auth = settings.auth
-    tokens = access_tokens(auth.jwt_secret, auth.jwt_kid, auth.access_ttl)
+    tokens = access_tokens(auth)
     limits = RateLimits(
         {"login": auth.login_rate, "register": auth.register_rate, "reset": auth.reset_rate},
         settings.cache.redis_url,

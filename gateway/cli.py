@@ -196,9 +196,7 @@ def _serve(settings: Settings) -> None:
             raise SettingsError(f"cache.redis_url: {exc}") from None
         cache += f" + Redis {display_redis_url(settings.cache.redis_url)}"
     try:
-        tokens = access_tokens(
-            settings.auth.jwt_secret, settings.auth.jwt_kid, settings.auth.access_ttl
-        )
+        tokens = access_tokens(settings.auth)
         playback_signer(settings)
         for rule in ("login_rate", "register_rate", "reset_rate"):
             try:

@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import m3u8
+import msgspec
 import pytest
 
 from tests.conftest import IN_CI, Server, require, run_server, settings_for, stop_server
@@ -167,11 +170,17 @@ HLSJS = PLAYER_DIR / "node_modules" / "hls.js" / "dist" / "hls.min.js"
 
 
 @pytest.fixture(scope="module")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def demo_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gateway.cli import DEMO_ASSET, generate_demo
 
     root = tmp_path_factory.mktemp("demo-library")
     generate_demo(root / DEMO_ASSET, duration=12.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_library: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = demo_library
     running = run_server(settings_for(root), tmp_path_factory.mktemp("demo") / "granian.log")
     yield running
     stop_server(running)
@@ -205,47 +214,29 @@ def _browser() -> Any:
 
 @pytest.mark.parametrize("master", ["master.m3u8", "master-ts.m3u8"])
 def test_hlsjs_plays_the_demo_to_the_end(demo_server: Server, master: str) -> None:
-    playwright, browser = _browser()
-    try:
-        page = browser.new_page()
-        # The page loads hls.js from its CDN URL; serve that URL from the npm-installed copy.
-        page.route("**/hls.min.js", lambda route: route.fulfill(path=str(HLSJS)))
-        console: list[str] = []
-        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-        src = f"/vod/demo/{master}"
-        page.goto(f"{demo_server.base}/player?src={src}&rate=4")
-        deadline = time.monotonic() + 90
-        state: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            state = page.evaluate("() => window.clipsync")
-            if state["ended"] or state["fatal"]:
-                break
-            time.sleep(0.25)
-        played = page.evaluate("() => [video.currentTime, video.duration]")
-        assert state["fatal"] is None, f"{state['fatal']}; console: {console}"
-        assert state["ended"], (
-            f"did not reach the end: {state}, played {played}; console: {console}"
-        )
-        assert played[0] == pytest.approx(played[1], abs=0.1)
-        assert played[1] == pytest.approx(12.0, abs=0.1)
-        assert [level["height"] for level in state["levels"]] == [360, 480, 720]
-        # hls.js anchors its timeline on the lowest decode time, so with B-frames the buffer starts
-        # one decode delay (two frames here) after 0 and hls.js skips that gap once at start-up.
-        # That single skip, at the very start and no longer than the delay, is the only event
-        # allowed: any other error, or a gap anywhere else, fails the test.
-        startup_skip = [
-            e
-            for e in state["errors"]
-            if e["text"] == "mediaError/bufferSeekOverHole"
-            and e["at"] < 0.2
-            and e["buffered"] <= 0.07
-        ]
-        others = [e for e in state["errors"] if e not in startup_skip]
-        assert len(startup_skip) <= 1
-        assert others == [], f"hls.js reported errors: {state['errors']}"
-    finally:
-        browser.close()
-        playwright.stop()
+    state, console = _hlsjs_state(demo_server.base, f"/vod/demo/{master}", 90)
+    played = state["played"]
+    assert state["fatal"] is None, f"{state['fatal']}; console: {console}"
+    assert state["ended"], f"did not reach the end: {state}, played {played}; console: {console}"
+    assert played[0] == pytest.approx(played[1], abs=0.1)
+    assert played[1] == pytest.approx(12.0, abs=0.1)
+    assert [level["height"] for level in state["levels"]] == [360, 480, 720]
+    assert_no_errors_but_the_startup_skip(state)
+
+
+def assert_no_errors_but_the_startup_skip(state: dict[str, Any]) -> None:
+    # hls.js anchors its timeline on the lowest decode time, so with B-frames the buffer starts
+    # one decode delay (two frames here) after 0 and hls.js skips that gap once at start-up.
+    # That single skip, at the very start and no longer than the delay, is the only event
+    # allowed: any other error, or a gap anywhere else, fails the test.
+    startup_skip = [
+        e
+        for e in state["errors"]
+        if e["text"] == "mediaError/bufferSeekOverHole" and e["at"] < 0.2 and e["buffered"] <= 0.07
+    ]
+    others = [e for e in state["errors"] if e not in startup_skip]
+    assert len(startup_skip) <= 1
+    assert others == [], f"hls.js reported errors: {state['errors']}"
 
 
 def test_bad_requests_over_real_http_never_hurt_the_server(
@@ -332,3 +323,78 @@ def test_ffmpeg_plays_a_catalog_video(server: Server, media: MediaLibrary, tmp_p
     for kind in ("video", "audio"):
         assert [p["size"] for p in ours[kind]] == [p["size"] for p in theirs[kind]], kind
     assert video_md5(ffmpeg, out) == video_md5(ffmpeg, source)
+
+
+def _hlsjs_state(base: str, src: str, seconds: float) -> tuple[dict[str, Any], list[str]]:
+    """Plays ``src`` (a URL path with its query) in hls.js on the player page until it ends,
+    fails or ``seconds`` pass: the page's state and the browser console."""
+    playwright, browser = _browser()
+    try:
+        page = browser.new_page()
+        page.route("**/hls.min.js", lambda route: route.fulfill(path=str(HLSJS)))
+        console: list[str] = []
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        page.goto(f"{base}/player?{urlencode({'src': src, 'rate': 4})}")
+        deadline = time.monotonic() + seconds
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            state = page.evaluate("() => window.clipsync")
+            if state["ended"] or state["fatal"]:
+                break
+            time.sleep(0.25)
+        state["played"] = page.evaluate("() => [video.currentTime, video.duration]")
+        return state, console
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+def test_hlsjs_plays_a_private_video_from_its_signed_url_until_it_expires(
+    demo_library: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import asyncio
+
+    from auth.playback import PlaybackSigner, for_video
+    from backends.catalog import Catalog, NewVideo, Rendition, VideoChanges, engines
+    from gateway.cli import DEMO_ASSET
+    from tests.conftest import TEST_CATALOG
+
+    secret = "player-playback-key-" + "k" * 20
+    config = msgspec.to_builtins(settings_for(demo_library))
+    config["auth"]["playback_secret"] = secret
+    settings = msgspec.convert(config, type(settings_for(demo_library)))
+    server = run_server(settings, tmp_path_factory.mktemp("private") / "granian.log")
+
+    async def seed() -> str:
+        catalog = Catalog(engines.create(TEST_CATALOG))
+        try:
+            owner = await catalog.create_user(f"private-{uuid.uuid4().hex[:8]}@example.com")
+            video = await catalog.create_video(owner.id, NewVideo(title="p", privacy="private"))
+            ladder = [("720p", 3_000_000), ("480p", 1_500_000), ("360p", 800_000)]
+            await catalog.set_renditions(
+                video.id,
+                [Rendition(name=n, path=f"{DEMO_ASSET}/{n}.mp4", bandwidth=b) for n, b in ladder],
+            )
+            await catalog.update_video(video.id, VideoChanges(status="ready"))
+            return video.id
+        finally:
+            await catalog.close()
+
+    try:
+        video_id = asyncio.run(seed())
+        master = f"/v/{video_id}/master.m3u8"
+        unsigned, _ = _hlsjs_state(server.base, master, 30)
+        assert unsigned["fatal"], unsigned  # a private video does not play without a token
+        expires = int(time.time()) + 25
+        token = PlaybackSigner({"k1": secret.encode()}, "k1").sign(for_video(video_id), expires)
+        state, console = _hlsjs_state(server.base, f"{master}?token={token}", 35)
+        assert state["fatal"] is None, f"{state['fatal']}; console: {console}"
+        assert state["ended"], f"did not reach the end: {state}; console: {console}"
+        assert state["played"][0] == pytest.approx(state["played"][1], abs=0.1)
+        assert_no_errors_but_the_startup_skip(state)
+        time.sleep(max(0.0, expires - time.time() + 1))
+        expired, _ = _hlsjs_state(server.base, f"{master}?token={token}", 30)
+        assert expired["fatal"], expired  # the same URL, after expiry
+        assert expired["fragments"] == 0
+    finally:
+        stop_server(server)
