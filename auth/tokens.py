@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ class Key(msgspec.Struct, frozen=True):
 
 def hs256(secret: bytes) -> Key:
     if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"an HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
+        raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
     return Key("HS256", secret, secret)
 
 
@@ -136,18 +136,24 @@ def from_settings(auth: AuthSettings) -> AccessTokens | None:
             raise ValueError("auth.jwt_algorithm ES256 needs auth.jwt_private_key_file")
         current = _es256_file(auth.jwt_private_key_file)
     elif auth.jwt_secret:
-        current = hs256(auth.jwt_secret.encode())
+        current = _named(hs256, auth.jwt_secret.encode(), "auth.jwt_secret")
     else:
         return None
     keys = {auth.jwt_kid: current}
     for kid, value in auth.jwt_verify_keys.items():
         # Rotation: earlier keys, verify only. A PEM file path for ES256, a secret for HS256.
-        keys[kid] = (
-            _es256_file(value, verify_only=True)
-            if value.endswith(".pem")
-            else hs256(value.encode())
-        )
+        if value.endswith(".pem"):
+            keys[kid] = _es256_file(value, verify_only=True)
+        else:
+            keys[kid] = _named(hs256, value.encode(), f"auth.jwt_verify_keys.{kid}")
     return AccessTokens(keys, auth.jwt_kid, auth.access_ttl)
+
+
+def _named(make: Callable[[bytes], Key], value: bytes, setting: str) -> Key:
+    try:
+        return make(value)
+    except ValueError as exc:
+        raise ValueError(f"{setting} {exc}") from None
 
 
 def _es256_file(path: str, verify_only: bool = False) -> Key:

@@ -7,6 +7,7 @@ names the TOML file. Nothing outside this package reads the environment.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -266,8 +267,19 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
                 f"unknown setting {name}: expected CLIPSYNC_<SECTION>__<KEY> with a section "
                 f"among {', '.join(sorted(sections))}"
             )
-        found.setdefault(section, {})[key] = value
+        found.setdefault(section, {})[key] = _env_value(value)
     return found
+
+
+def _env_value(value: str) -> Any:
+    """Tables (``jwt_verify_keys``) come as JSON objects; everything else as text, which
+    validation converts (numbers, booleans) or refuses with the setting's name."""
+    if value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _validate(raw: Mapping[str, Any], source: str, *, strict: bool) -> Settings:

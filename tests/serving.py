@@ -27,7 +27,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for section, values in msgspec.to_builtins(settings).items():
         for key, value in values.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, dict):
+                text = msgspec.json.encode(value).decode()
+            else:
+                text = str(value)
             env[f"CLIPSYNC_{section.upper()}__{key.upper()}"] = text
     return env
 

@@ -28,6 +28,12 @@ def test_toml_then_env_then_overrides(tmp_path: Path) -> None:
     assert settings.storage.library == "/srv"
 
 
+def test_tables_come_from_the_environment_as_json() -> None:
+    env = {"CLIPSYNC_AUTH__JWT_VERIFY_KEYS": '{"k0": "/keys/k0.pem", "k1": "s3cret"}'}
+    assert load(env=env).auth.jwt_verify_keys == {"k0": "/keys/k0.pem", "k1": "s3cret"}
+    assert "s3cret" not in repr(load(env=env).auth)
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
@@ -38,6 +44,8 @@ def test_toml_then_env_then_overrides(tmp_path: Path) -> None:
         ({"CLIPSYNC_VOD__MAX_OVERRUN": "2"}, "vod.max_overrun"),
         ({"CLIPSYNC_VOD__TARGET_DURATIN": "4"}, "vod.target_duratin"),
         ({"CLIPSYNC_NOPE": "1"}, "CLIPSYNC_NOPE"),
+        ({"CLIPSYNC_AUTH__JWT_VERIFY_KEYS": "k0=secret"}, "auth.jwt_verify_keys"),
+        ({"CLIPSYNC_AUTH__JWT_VERIFY_KEYS": '{"k0": 5}'}, "auth.jwt_verify_keys"),
     ],
 )
 def test_invalid_environment_names_the_setting(env: dict[str, str], named: str) -> None:
