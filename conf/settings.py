@@ -183,6 +183,8 @@ class AuthSettings(_Section, frozen=True):
     login_rate: Annotated[str, Meta(max_length=64)] = "20/minute"
     register_rate: Annotated[str, Meta(max_length=64)] = "10/hour"
     reset_rate: Annotated[str, Meta(max_length=64)] = "5/hour"
+    # Per email address: reset links sent to one mailbox (answered 429 whoever owns it).
+    reset_account_rate: Annotated[str, Meta(max_length=64)] = "3/hour"
 
 
 class MailSettings(_Section, frozen=True):

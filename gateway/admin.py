@@ -1,7 +1,8 @@
 """Admin endpoints: purge the cached objects of a library path from every tier and replica.
 
-Guarded by ``server.admin_token`` (a bearer token compared in constant time) until accounts
-bring an admin role; with no token configured the endpoints are off.
+Open to a signed-in user with the admin role, and to ``server.admin_token`` (a bearer token
+compared in constant time, for scripts and operators without an account). With neither accounts
+nor a token configured the endpoints are off.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from backends import paths
-from backends.errors import MediaNotFound
+from backends.errors import MediaNotFound, Unauthorized
 from gateway.api import http
+from gateway.api.identity import Identity
 from gateway.errors import problem
 from gateway.library import Library
 
@@ -26,28 +28,43 @@ class PurgeRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Admin:
-    def __init__(self, library: Library, token: str) -> None:
+    def __init__(self, library: Library, token: str, identity: Identity | None = None) -> None:
         self.library = library
         self.token = token.encode()
+        self.identity = identity
 
-    def _refused(self, request: Request) -> Response | None:
-        if not self.token:
-            return problem(403, "Forbidden", "admin endpoints are off: set server.admin_token")
+    async def _refused(self, request: Request) -> Response | None:
+        accounts = self.identity is not None and self.identity.tokens is not None
+        if not self.token and not accounts:
+            return problem(
+                403, "Forbidden", "admin endpoints are off: set server.admin_token or accounts"
+            )
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), self.token
+        if (
+            self.token
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(given.strip().encode(), self.token)
         ):
-            return problem(
-                401,
-                "Unauthorized",
-                "a valid admin bearer token is required",
-                {"www-authenticate": 'Bearer realm="clipsync-admin"'},
-            )
-        return None
+            return None
+        if accounts and self.identity is not None:
+            try:
+                who = await self.identity.of(request, required=True)
+            except Unauthorized:
+                who = None
+            if who is not None:
+                if who.admin:
+                    return None
+                return problem(403, "Forbidden", "this needs the admin role")
+        return problem(
+            401,
+            "Unauthorized",
+            "an admin's access token (or server.admin_token) is required",
+            {"www-authenticate": 'Bearer realm="clipsync-admin"'},
+        )
 
     async def purge(self, request: Request) -> Response:
-        refused = self._refused(request)
+        refused = await self._refused(request)
         if refused is not None:
             return refused
         wanted = await http.body(request, PurgeRequest)

@@ -46,7 +46,12 @@ def _accounts(settings: Settings, catalog: Catalog) -> tuple[Identity, AccountRo
     auth = settings.auth
     tokens = access_tokens(auth)
     limits = RateLimits(
-        {"login": auth.login_rate, "register": auth.register_rate, "reset": auth.reset_rate},
+        {
+            "login": auth.login_rate,
+            "register": auth.register_rate,
+            "reset": auth.reset_rate,
+            "reset_account": auth.reset_account_rate,
+        },
         settings.cache.redis_url,
         settings.cache.redis_prefix,
         settings.cache.redis_timeout,
@@ -87,7 +92,7 @@ def create_app(
     aggregator = views.ViewAggregator(catalog, seen)
     identity, account_routes = _accounts(settings, catalog)
     vod = VodRoutes(library, PathAssets(library, signer, settings.vod.require_token))
-    admin = Admin(library, settings.server.admin_token)
+    admin = Admin(library, settings.server.admin_token, identity)
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
         Route("/v/{path:path}", videos.handle, methods=["GET", "HEAD"]),

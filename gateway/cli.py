@@ -198,7 +198,7 @@ def _serve(settings: Settings) -> None:
     try:
         tokens = access_tokens(settings.auth)
         playback_signer(settings)
-        for rule in ("login_rate", "register_rate", "reset_rate"):
+        for rule in ("login_rate", "register_rate", "reset_rate", "reset_account_rate"):
             try:
                 parse_rule(getattr(settings.auth, rule))
             except ValueError as exc:

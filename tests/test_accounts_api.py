@@ -268,3 +268,27 @@ async def test_hostile_authorization_headers_are_401(http: httpx.AsyncClient, he
     r = await http.get(f"{API}/auth/me", headers={"authorization": header.encode()})
     assert r.status_code == 401, r.text
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_admins_purge_with_their_own_token(http: httpx.AsyncClient, catalog: Catalog) -> None:
+    ada = await signed_up(http)
+    root = await catalog.create_user("root@example.com", role="admin")
+    token = AccessTokens({"k1": SECRET.encode()}, "k1", 60).issue(root.id, "admin")
+    purge = f"{API}/admin/purge"
+    assert (await http.post(purge, json={"path": ""})).status_code == 401
+    assert (await http.post(purge, json={"path": ""}, headers=bearer(ada))).status_code == 403
+    r = await http.post(purge, json={"path": ""}, headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["path"] == ""
+
+
+async def test_reset_requests_are_limited_per_address(catalog: Catalog, tmp_path: Path) -> None:
+    async with gateway(catalog, tmp_path, reset_account_rate="2/hour") as http:
+        codes = []
+        for _ in range(3):
+            r = await http.post(f"{API}/auth/reset-request", json={"email": "Ada@example.com"})
+            codes.append(r.status_code)
+        # Another address from the same client is still served (until the per-IP limit).
+        other = await http.post(f"{API}/auth/reset-request", json={"email": "bob@example.com"})
+    assert codes == [202, 202, 429]
+    assert other.status_code == 202

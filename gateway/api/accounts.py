@@ -7,12 +7,13 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import Response
 
+from auth import passwords
 from auth.accounts import Accounts
 from auth.ratelimit import RateLimits
 from auth.sessions import Issued
 from backends.catalog import Catalog
 from backends.catalog.records import User
-from backends.errors import Forbidden, NotFound, Unauthorized
+from backends.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from gateway.api import http
 from gateway.api.account_models import (
     Credentials,
@@ -138,6 +139,12 @@ class AccountRoutes:
         accounts = self.accounts
         await self.limits.hit("reset", client_ip(request))
         wanted = await http.body(request, ResetRequest)
+        try:
+            address = passwords.normalize_email(wanted.email)
+        except InvalidRequest:
+            address = None  # nothing will be sent: nothing to count
+        if address is not None:
+            await self.limits.hit("reset_account", address)
         await accounts.request_reset(wanted.email)
         return http.json(Accepted(accepted=True), 202)
 
