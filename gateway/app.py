@@ -123,6 +123,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await account_routes.settle()  # reset emails being sent
         await aggregator.close()  # the view counts not written yet
         await cache.close()  # pending cache writes, the purge subscription, Redis connections
         await account_routes.limits.close()
@@ -136,6 +137,7 @@ def create_app(
     app.state.catalog = catalog
     app.state.views = aggregator
     app.state.limits = account_routes.limits
+    app.state.accounts = account_routes
     return app
 
 

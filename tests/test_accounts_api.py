@@ -47,6 +47,7 @@ async def gateway(
         try:
             yield http
         finally:
+            await app.state.accounts.settle()  # background reset emails hold connections
             await app.state.library.cache.close()
             await app.state.limits.close()
 

@@ -64,6 +64,11 @@ class AccountRoutes:
         self.limits = limits
         self.refresh_ttl = refresh_ttl
 
+    async def settle(self) -> None:
+        """Waits for reset emails still being sent (shutdown)."""
+        if self._accounts is not None:
+            await self._accounts.settle()
+
     @property
     def accounts(self) -> Accounts:
         if self._accounts is None:
