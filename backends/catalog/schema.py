@@ -213,3 +213,28 @@ view_days = Table(
     PrimaryKeyConstraint("video_id", "day"),
     Index(None, "day"),
 )
+
+
+# One row per resumable upload (the bytes are part objects in storage, see gateway.uploads).
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "video_id",
+        String(32),
+        ForeignKey("videos.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    _owner(),
+    Column("length", BigInteger, nullable=False),
+    Column("offset", BigInteger, nullable=False, server_default="0"),
+    Column("parts", Integer, nullable=False, server_default="0"),
+    Column("filename", String(255), nullable=False),
+    _when("created_at"),
+    _when("expires_at"),
+    _when("writer_until", nullable=True),  # a PATCH is appending until then
+    _when("completed_at", nullable=True),
+    Index("ix_uploads_expires_at", "expires_at"),
+)
