@@ -187,6 +187,13 @@ class AuthSettings(_Section, frozen=True):
     reset_account_rate: Annotated[str, Meta(max_length=64)] = "3/hour"
 
 
+class IngestSettings(_Section, frozen=True):
+    # Largest upload accepted (checked at creation and while bytes stream in).
+    max_upload_mb: Annotated[int, Meta(ge=1, le=1024 * 1024)] = 2048
+    # Hours an unfinished upload may be resumed; then it and its parts are gone.
+    upload_ttl_hours: Annotated[float, Meta(gt=0, le=24 * 30)] = 24.0
+
+
 class MailSettings(_Section, frozen=True):
     # smtp://user:pass@host:587 (STARTTLS when offered), smtp+starttls://… (required),
     # smtps://…:465 (TLS from the start); empty: messages go to the outbox folder.
@@ -220,6 +227,7 @@ class Settings(_Section, frozen=True):
     catalog: CatalogSettings = CatalogSettings()
     auth: AuthSettings = AuthSettings()
     mail: MailSettings = MailSettings()
+    ingest: IngestSettings = IngestSettings()
     server: ServerSettings = ServerSettings()
     player: PlayerSettings = PlayerSettings()
 

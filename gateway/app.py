@@ -26,10 +26,11 @@ from backends.catalog import Catalog, engines, views
 from backends.errors import ClipSyncError
 from backends.storage import Storage, open_storage
 from conf import Settings, load_resolved
-from gateway import errors
+from gateway import errors, uploads
 from gateway.admin import Admin
 from gateway.api import api_routes
 from gateway.api.accounts import AccountRoutes
+from gateway.api.http import guarded
 from gateway.api.identity import Identity
 from gateway.assets import CatalogAssets, PathAssets
 from gateway.cors import PublicCORS
@@ -93,6 +94,13 @@ def create_app(
     identity, account_routes = _accounts(settings, catalog)
     vod = VodRoutes(library, PathAssets(library, signer, settings.vod.require_token))
     admin = Admin(library, settings.server.admin_token, identity)
+    ingest = uploads.Uploads(
+        catalog,
+        storage,
+        identity,
+        settings.ingest.max_upload_mb * 1024 * 1024,
+        settings.ingest.upload_ttl_hours * 3600,
+    )
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
         Route("/v/{path:path}", videos.handle, methods=["GET", "HEAD"]),
@@ -100,6 +108,12 @@ def create_app(
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics_page(registry), methods=["GET"]),
         Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
+        Route(uploads.ROOT, guarded(ingest.collection), methods=["POST", "OPTIONS"]),
+        Route(
+            uploads.ROOT + "/{upload_id}",
+            guarded(ingest.item),
+            methods=["HEAD", "PATCH", "DELETE", "OPTIONS"],
+        ),
         *api_routes(
             catalog,
             identity,

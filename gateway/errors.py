@@ -24,6 +24,7 @@ from backends.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from gateway import tus
 from gateway.ranges import RangeNotSatisfiable
 
 log = logging.getLogger("clipsync.gateway")
@@ -33,6 +34,10 @@ STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (MediaNotFound, 404, "Not Found"),
     (NotFound, 404, "Not Found"),
     (RequestTooLarge, 413, "Content Too Large"),
+    (tus.UploadTooLarge, 413, "Content Too Large"),
+    (tus.ChecksumMismatch, 460, "Checksum Mismatch"),
+    (tus.UnsupportedContent, 415, "Unsupported Media Type"),
+    (tus.VersionMismatch, 412, "Precondition Failed"),
     (InvalidRequest, 400, "Bad Request"),
     (Unauthorized, 401, "Unauthorized"),
     (Forbidden, 403, "Forbidden"),
@@ -77,6 +82,8 @@ async def handle_domain(request: Request, exc: Exception) -> Response:
         headers["content-range"] = f"bytes */{exc.size}"
     if isinstance(exc, Unauthorized):
         headers["www-authenticate"] = 'Bearer realm="clipsync"'
+    if isinstance(exc, tus.VersionMismatch):
+        headers["tus-version"] = tus.VERSION
     if isinstance(exc, CatalogUnavailable):
         headers["retry-after"] = "5"
     if status >= 500:

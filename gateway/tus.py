@@ -62,6 +62,14 @@ class UploadTooLarge(InvalidRequest):
     """413: the declared or received size is past ``Tus-Max-Size``."""
 
 
+class ChecksumMismatch(InvalidRequest):
+    """460: a PATCH body does not match its Upload-Checksum; nothing of it was kept."""
+
+
+class UnsupportedContent(InvalidRequest):
+    """415: a PATCH must carry application/offset+octet-stream."""
+
+
 def metadata(header: str | None) -> dict[str, str]:
     """``Upload-Metadata``: comma-separated ``key base64value`` pairs (value optional), keys
     unique. Values must be UTF-8 text (filenames and titles here)."""

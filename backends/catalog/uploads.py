@@ -140,3 +140,14 @@ async def expired(catalog: Catalog, limit: int = 100) -> list[Upload]:
     async with catalog.reader.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [_upload(row._asdict()) for row in rows]
+
+
+async def renew(catalog: Catalog, upload_id: str, offset: int, hold: float) -> None:
+    """The writer at ``offset`` is still streaming: keep its claim for ``hold`` more seconds."""
+    u = schema.uploads
+    async with catalog.engine.begin() as conn:
+        await conn.execute(
+            update(u)
+            .where(and_(u.c.id == upload_id, u.c.offset == offset, u.c.writer_until.is_not(None)))
+            .values(writer_until=_now() + timedelta(seconds=hold))
+        )

@@ -1,0 +1,231 @@
+"""Resumable uploads: a tus 1.0.0 server at /api/v1/uploads (core, creation,
+creation-with-upload, expiration, checksum, termination).
+
+Each PATCH streams its body into one part object, ``uploads/{upload id}/{offset}``, through the
+storage backend (so it works on a folder, S3 or Azure alike, and survives a gateway restart or
+lands on another replica); the catalog row holds the offset and admits one writer at a time.
+A PATCH cut off mid-way keeps what arrived, as tus asks. After the last byte the parts are
+joined into ``videos/{video id}/original/{filename}`` with the MD5 computed on the way, the video
+becomes ``uploaded`` and the parts are deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import unicodedata
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from backends.catalog import Catalog, VideoChanges
+from backends.catalog import uploads as store
+from backends.catalog.records import storage_folder
+from backends.errors import ClipSyncError, Conflict, Forbidden, NotFound
+from backends.storage import Storage
+from gateway import tus
+from gateway.api.identity import Identity
+
+ROOT = "/api/v1/uploads"
+READ_BLOCK = 8 * 1024 * 1024
+_UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+def part_path(upload_id: str, offset: int) -> str:
+    return f"uploads/{upload_id}/{offset:020d}"
+
+
+def safe_filename(name: str | None) -> str:
+    """A storage-safe file name from the client's (no folders, no control characters)."""
+    base = unicodedata.normalize("NFC", (name or "").replace("\\", "/").rsplit("/", 1)[-1])
+    cleaned = _UNSAFE.sub("_", base).strip(" .")[:200]
+    return cleaned or "original"
+
+
+class Uploads:
+    def __init__(
+        self,
+        catalog: Catalog,
+        storage: Storage,
+        identity: Identity,
+        max_bytes: int,
+        ttl: float,
+        hold: float = 60.0,
+    ) -> None:
+        self.catalog = catalog
+        self.storage = storage
+        self.identity = identity
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self.hold = hold  # a writer's claim, renewed while its body streams
+
+    def _headers(self, upload: store.Upload | None = None, **more: str) -> dict[str, str]:
+        headers = {"tus-resumable": tus.VERSION, "cache-control": "no-store", **more}
+        if upload is not None:
+            headers["upload-expires"] = tus.expires_header(upload.expires_at.timestamp())
+        return headers
+
+    async def collection(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=tus.options_headers(self.max_bytes))
+        return await self.create(request)
+
+    async def item(self, request: Request) -> Response:
+        handlers = {"HEAD": self.status, "PATCH": self.patch, "DELETE": self.terminate}
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=tus.options_headers(self.max_bytes))
+        return await handlers[request.method](request)
+
+    async def create(self, request: Request) -> Response:
+        who = await self.identity.me(request)
+        tus.check_version(request.headers)
+        length = tus.non_negative(request.headers, "Upload-Length", self.max_bytes)
+        meta = tus.metadata(request.headers.get("upload-metadata"))
+        video = await self.catalog.get_video(meta.get("video_id", ""))
+        if video is None or (video.owner_id != who.user_id and not who.admin):
+            raise NotFound("Upload-Metadata video_id: no such video of yours (create it first)")
+        if video.status != "uploading":
+            raise Conflict(f"this video is {video.status}: it takes no upload")
+        upload = await store.create(
+            self.catalog,
+            video.id,
+            who.user_id,
+            length,
+            safe_filename(meta.get("filename")),
+            self.ttl,
+        )
+        headers = self._headers(upload, location=f"{ROOT}/{upload.id}")
+        if request.headers.get("content-type", "").startswith(tus.OFFSET_CONTENT_TYPE):
+            offset = await self._append(request, upload, 0)  # creation-with-upload
+            headers["upload-offset"] = str(offset)
+        return Response(status_code=201, headers=headers)
+
+    async def status(self, request: Request) -> Response:
+        upload = await self._mine(request)
+        headers = self._headers(
+            upload, **{"upload-offset": str(upload.offset), "upload-length": str(upload.length)}
+        )
+        return Response(status_code=200, headers=headers)
+
+    async def patch(self, request: Request) -> Response:
+        upload = await self._mine(request)
+        tus.check_version(request.headers)
+        if not request.headers.get("content-type", "").startswith(tus.OFFSET_CONTENT_TYPE):
+            raise tus.UnsupportedContent(f"send the chunk as {tus.OFFSET_CONTENT_TYPE}")
+        offset = tus.non_negative(request.headers, "Upload-Offset")
+        if offset != upload.offset:
+            raise Conflict(f"Upload-Offset {offset} is not where this upload is: {upload.offset}")
+        end = await self._append(request, upload, offset)
+        return Response(
+            status_code=204, headers=self._headers(upload, **{"upload-offset": str(end)})
+        )
+
+    async def terminate(self, request: Request) -> Response:
+        upload = await self._mine(request)
+        tus.check_version(request.headers)
+        await store.remove(self.catalog, upload.id)
+        await self._drop_parts(upload.id)
+        return Response(status_code=204, headers=self._headers())
+
+    async def _mine(self, request: Request) -> store.Upload:
+        who = await self.identity.me(request)
+        upload = await store.get(self.catalog, request.path_params["upload_id"])
+        if upload is None:
+            raise NotFound("no such upload")
+        if upload.user_id != who.user_id and not who.admin:
+            raise Forbidden("this upload is someone else's")
+        if upload.completed_at is None and upload.expires_at <= datetime.now(UTC):
+            raise NotFound("this upload expired: start a new one")
+        return upload
+
+    async def _append(self, request: Request, upload: store.Upload, offset: int) -> int:
+        """Streams the body into the part at ``offset``; returns the new offset."""
+        wanted = tus.checksum(request.headers.get("upload-checksum"))  # before claiming
+        if not await store.claim(self.catalog, upload.id, offset, self.hold):
+            raise Conflict("another request is writing to this upload: HEAD it, then resume")
+        digest = hashlib.new(wanted[0], usedforsecurity=False) if wanted else None
+        received = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal received
+            try:
+                async for chunk in request.stream():
+                    if offset + received + len(chunk) > upload.length:
+                        raise tus.UploadTooLarge(
+                            f"the body goes past Upload-Length ({upload.length} bytes)"
+                        )
+                    received += len(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
+                    yield chunk
+            except ClientDisconnect:
+                if digest is not None:  # a partial chunk cannot match its checksum
+                    raise
+                return  # keep what arrived: the client resumes from here
+            if wanted is not None and digest is not None and digest.digest() != wanted[1]:
+                raise tus.ChecksumMismatch("the chunk does not match its Upload-Checksum")
+
+        renewing = asyncio.create_task(self._renew(upload.id, offset))
+        stored = 0
+        try:
+            await self.storage.write(part_path(upload.id, offset), body())
+            stored = received
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await store.advance(self.catalog, upload.id, offset, stored)
+        if offset + stored == upload.length:
+            await self._assemble(upload)
+        return offset + stored
+
+    async def _renew(self, upload_id: str, offset: int) -> None:
+        while True:
+            await asyncio.sleep(self.hold / 3)
+            await store.renew(self.catalog, upload_id, offset, self.hold)
+
+    async def _assemble(self, upload: store.Upload) -> None:
+        """Joins the parts into the original, MD5 on the way; the video becomes uploaded."""
+        parts = sorted(
+            (int(e.name), e.size)
+            for e in await self.storage.list(f"uploads/{upload.id}/")
+            if e.name.isdigit() and e.size > 0
+        )
+        position = 0
+        for start, size in parts:
+            if start != position:
+                raise Conflict(f"upload {upload.id} is missing bytes at {position}")
+            position += size
+        md5 = hashlib.md5(usedforsecurity=False)
+
+        async def joined() -> AsyncIterator[bytes]:
+            for start, size in parts:
+                for at in range(0, size, READ_BLOCK):
+                    block = await self.storage.read_range(
+                        part_path(upload.id, start), at, min(size, at + READ_BLOCK)
+                    )
+                    md5.update(block)
+                    yield block
+
+        path = f"{storage_folder(upload.video_id)}/original/{upload.filename}"
+        await self.storage.write(path, joined())
+        await self.catalog.update_video(
+            upload.video_id,
+            VideoChanges(
+                status="uploaded",
+                original_path=path,
+                original_size=upload.length,
+                original_md5=md5.hexdigest(),
+            ),
+        )
+        await store.finish(self.catalog, upload.id)
+        await self._drop_parts(upload.id)
+
+    async def _drop_parts(self, upload_id: str) -> None:
+        with contextlib.suppress(ClipSyncError):
+            for entry in await self.storage.list(f"uploads/{upload_id}/"):
+                await self.storage.delete(f"uploads/{upload_id}/{entry.name}")

@@ -1,0 +1,231 @@
+"""The tus server over HTTP, on SQLite and PostgreSQL: create, resume by HEAD, PATCH in chunks,
+checksums, limits, termination, one writer at a time, and the original joined with its MD5."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from auth.tokens import AccessTokens
+from backends.catalog import Catalog
+from conf import Settings
+from gateway.app import create_app
+from tests.conftest import settings_for
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "u" * 40
+TUS = {"tus-resumable": "1.0.0"}
+CHUNK = {**TUS, "content-type": "application/offset+octet-stream"}
+WRONG_SHA1 = "sha1 " + base64.b64encode(b"x" * 20).decode()
+
+
+class Client:
+    def __init__(self, http: httpx.AsyncClient, catalog: Catalog, root: Path) -> None:
+        self.http = http
+        self.catalog = catalog
+        self.root = root
+
+    async def user(self, email: str) -> dict[str, str]:
+        user = await self.catalog.create_user(email)
+        token = AccessTokens({"k1": SECRET.encode()}, "k1", 900).issue(user.id, "user")
+        return {"authorization": f"Bearer {token}"}
+
+    async def video(self, who: dict[str, str]) -> str:
+        r = await self.http.post("/api/v1/videos", json={"title": "upload"}, headers=who)
+        assert r.status_code == 201, r.text
+        created = r.json()
+        assert created["upload"]["url"] == "/api/v1/uploads"
+        return str(created["video"]["id"])
+
+    async def start(self, who: dict[str, str], video: str, length: int, **extra: str) -> str:
+        meta = f"video_id {b64(video)},filename {b64('clip one.mp4')}"
+        headers = {**TUS, **who, "upload-length": str(length), "upload-metadata": meta, **extra}
+        r = await self.http.post("/api/v1/uploads", headers=headers)
+        assert r.status_code == 201, r.text
+        return r.headers["location"]
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+async def client(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Client]:
+    raw = msgspec.to_builtins(settings_for(tmp_path / "library"))
+    (tmp_path / "library").mkdir()
+    raw["auth"]["jwt_secret"] = SECRET
+    raw["ingest"]["max_upload_mb"] = 8
+    app = create_app(msgspec.convert(raw, Settings), catalog=catalog)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        try:
+            yield Client(http, catalog, tmp_path / "library")
+        finally:
+            await app.state.library.cache.close()
+            await app.state.limits.close()
+
+
+async def test_upload_in_chunks_then_the_original_with_its_md5(client: Client) -> None:
+    ada = await client.user("ada@example.com")
+    video = await client.video(ada)
+    data = os.urandom(3 * 1024 * 1024 + 12345)
+    url = await client.start(ada, video, len(data))
+    options = await client.http.options("/api/v1/uploads")
+    assert options.status_code == 204
+    assert "checksum" in options.headers["tus-extension"]
+    assert options.headers["tus-max-size"] == str(8 * 1024 * 1024)
+    offset = 0
+    for start in range(0, len(data), 1024 * 1024):
+        head = await client.http.head(url, headers={**TUS, **ada})
+        assert head.status_code == 200
+        assert int(head.headers["upload-offset"]) == offset
+        assert head.headers["cache-control"] == "no-store"
+        chunk = data[start : start + 1024 * 1024]
+        digest = base64.b64encode(
+            hashlib.new("sha1", chunk, usedforsecurity=False).digest()
+        ).decode()
+        r = await client.http.patch(
+            url,
+            content=chunk,
+            headers={
+                **CHUNK,
+                **ada,
+                "upload-offset": str(offset),
+                "upload-checksum": f"sha1 {digest}",
+            },
+        )
+        assert r.status_code == 204, r.text
+        offset = int(r.headers["upload-offset"])
+        assert "upload-expires" in r.headers
+    assert offset == len(data)
+    got = await client.catalog.get_video(video)
+    assert got is not None
+    assert got.status == "uploaded"
+    assert got.original_md5 == hashlib.new("md5", data, usedforsecurity=False).hexdigest()
+    assert got.original_size == len(data)
+    original = client.root / str(got.original_path)
+    assert original.name == "clip one.mp4"
+    assert original.read_bytes() == data
+    assert not any((client.root / "uploads").rglob("0*"))  # the parts are gone
+    # Finished: no more bytes, and the video takes no second upload.
+    r = await client.http.patch(
+        url, content=b"x", headers={**CHUNK, **ada, "upload-offset": str(offset)}
+    )
+    assert r.status_code == 409
+    r = await client.http.post(
+        "/api/v1/uploads",
+        headers={**TUS, **ada, "upload-length": "1", "upload-metadata": f"video_id {b64(video)}"},
+    )
+    assert r.status_code == 409
+
+
+async def test_creation_with_upload(client: Client) -> None:
+    ada = await client.user("ada@example.com")
+    video = await client.video(ada)
+    url = await client.start(ada, video, 10)
+    assert url.startswith("/api/v1/uploads/")
+    other = await client.video(ada)
+    meta = f"video_id {b64(other)},filename {b64('b.mov')}"
+    r = await client.http.post(
+        "/api/v1/uploads",
+        content=b"0123456789",
+        headers={**CHUNK, **ada, "upload-length": "10", "upload-metadata": meta},
+    )
+    assert r.status_code == 201
+    assert r.headers["upload-offset"] == "10"
+    got = await client.catalog.get_video(other)
+    assert got is not None
+    assert got.status == "uploaded"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"upload-offset": "3"}, b"abc", 409),
+        ({"upload-offset": "-1"}, b"abc", 400),
+        ({"tus-resumable": "0.2.2", "upload-offset": "0"}, b"abc", 412),
+        ({"content-type": "application/octet-stream", "upload-offset": "0"}, b"abc", 415),
+        ({"upload-offset": "0", "upload-checksum": WRONG_SHA1}, b"abc", 460),
+        ({"upload-offset": "0", "upload-checksum": "crc32 AAAA"}, b"abc", 400),
+        ({"upload-offset": "0"}, b"x" * 101, 413),
+    ],
+)  # fmt: skip
+async def test_bad_patches_change_nothing(
+    client: Client, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    ada = await client.user("ada@example.com")
+    url = await client.start(ada, await client.video(ada), 100)
+    r = await client.http.patch(url, content=body, headers={**CHUNK, **ada, **headers})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    if status == 412:
+        assert r.headers["tus-version"] == "1.0.0"
+    head = await client.http.head(url, headers={**TUS, **ada})
+    assert head.headers["upload-offset"] == "0"
+    # And the upload still works.
+    r = await client.http.patch(url, content=b"ok", headers={**CHUNK, **ada, "upload-offset": "0"})
+    assert r.status_code == 204
+    assert r.headers["upload-offset"] == "2"
+
+
+async def test_bad_creations(client: Client) -> None:
+    ada, bob = await client.user("ada@example.com"), await client.user("bob@example.com")
+    video = await client.video(ada)
+    meta = f"video_id {b64(video)}"
+    cases: list[tuple[dict[str, str], int]] = [
+        ({**TUS, "upload-length": "10", "upload-metadata": meta}, 401),
+        ({**TUS, **ada, "upload-length": str(9 * 1024 * 1024), "upload-metadata": meta}, 413),
+        ({**TUS, **ada, "upload-length": "ten", "upload-metadata": meta}, 400),
+        ({**TUS, **ada, "upload-metadata": meta}, 400),
+        ({**TUS, **ada, "upload-length": "10"}, 404),
+        ({**TUS, **bob, "upload-length": "10", "upload-metadata": meta}, 404),
+        ({**ada, "upload-length": "10", "upload-metadata": meta}, 400),
+        ({**TUS, **ada, "upload-length": "10", "upload-metadata": "video_id !!"}, 400),
+    ]
+    for headers, status in cases:
+        r = await client.http.post("/api/v1/uploads", headers=headers)
+        assert r.status_code == status, (headers, r.text)
+
+
+async def test_others_and_termination(client: Client) -> None:
+    ada, bob = await client.user("ada@example.com"), await client.user("bob@example.com")
+    url = await client.start(ada, await client.video(ada), 100)
+    await client.http.patch(url, content=b"abc", headers={**CHUNK, **ada, "upload-offset": "0"})
+    assert (await client.http.head(url, headers={**TUS, **bob})).status_code == 403
+    assert (
+        await client.http.head("/api/v1/uploads/nope", headers={**TUS, **ada})
+    ).status_code == 404
+    assert (await client.http.delete(url, headers={**TUS, **bob})).status_code == 403
+    assert (await client.http.delete(url, headers={**TUS, **ada})).status_code == 204
+    assert (await client.http.head(url, headers={**TUS, **ada})).status_code == 404
+    assert not any((client.root / "uploads").rglob("0*"))
+
+
+async def test_two_concurrent_patches_one_wins(client: Client) -> None:
+    ada = await client.user("ada@example.com")
+    url = await client.start(ada, await client.video(ada), 1000)
+
+    async def slow(tag: bytes) -> AsyncIterator[bytes]:
+        for _ in range(10):
+            await asyncio.sleep(0.02)
+            yield tag * 10
+
+    first = {**CHUNK, **ada, "upload-offset": "0"}
+    results: list[Any] = await asyncio.gather(
+        *(client.http.patch(url, content=slow(tag), headers=first) for tag in (b"a", b"b"))
+    )
+    assert sorted(r.status_code for r in results) == [204, 409]
+    winner = next(r for r in results if r.status_code == 204)
+    assert winner.headers["upload-offset"] == "100"
+    head = await client.http.head(url, headers={**TUS, **ada})
+    assert head.headers["upload-offset"] == "100"
