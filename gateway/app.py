@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from gateway.ranges import RangeNotSatisfiable
 from gateway.routes import VodRoutes, healthz, metrics_page, player_page
 
 log = logging.getLogger("clipsync.gateway")
+UPLOAD_CLEAN_INTERVAL = 300.0  # seconds between sweeps of expired uploads (each worker)
 DATA = Path("data")  # where the mail outbox goes by default, beside the default catalog
 
 
@@ -136,7 +138,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        cleaning = asyncio.create_task(ingest.cleaner(UPLOAD_CLEAN_INTERVAL))
         yield
+        cleaning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleaning
         await account_routes.settle()  # reset emails being sent
         await aggregator.close()  # the view counts not written yet
         await cache.close()  # pending cache writes, the purge subscription, Redis connections
@@ -152,6 +158,7 @@ def create_app(
     app.state.views = aggregator
     app.state.limits = account_routes.limits
     app.state.accounts = account_routes
+    app.state.uploads = ingest
     return app
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import unicodedata
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from backends.storage import Storage
 from gateway import tus
 from gateway.api.identity import Identity
 
+log = logging.getLogger("clipsync.uploads")
 ROOT = "/api/v1/uploads"
 READ_BLOCK = 8 * 1024 * 1024
 _UNSAFE = re.compile(r"[^\w.\- ]+")
@@ -224,6 +226,26 @@ class Uploads:
         )
         await store.finish(self.catalog, upload.id)
         await self._drop_parts(upload.id)
+
+    async def clean_expired(self) -> int:
+        """Removes unfinished uploads past their expiry, parts first; how many went. Every
+        worker may run it: a second removal of the same upload does nothing."""
+        gone = 0
+        while expired := await store.expired(self.catalog):
+            for upload in expired:
+                await self._drop_parts(upload.id)
+                await store.remove(self.catalog, upload.id)
+                gone += 1
+        return gone
+
+    async def cleaner(self, interval: float) -> None:
+        """Runs ``clean_expired`` every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.clean_expired()
+            except Exception as exc:  # the next round tries again
+                log.warning("cleaning expired uploads failed: %s", exc)
 
     async def _drop_parts(self, upload_id: str) -> None:
         with contextlib.suppress(ClipSyncError):

@@ -30,10 +30,11 @@ WRONG_SHA1 = "sha1 " + base64.b64encode(b"x" * 20).decode()
 
 
 class Client:
-    def __init__(self, http: httpx.AsyncClient, catalog: Catalog, root: Path) -> None:
+    def __init__(self, http: httpx.AsyncClient, catalog: Catalog, root: Path, state: Any) -> None:
         self.http = http
         self.catalog = catalog
         self.root = root
+        self.state = state
 
     async def user(self, email: str) -> dict[str, str]:
         user = await self.catalog.create_user(email)
@@ -69,7 +70,7 @@ async def client(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Client]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         try:
-            yield Client(http, catalog, tmp_path / "library")
+            yield Client(http, catalog, tmp_path / "library", app.state)
         finally:
             await app.state.library.cache.close()
             await app.state.limits.close()
@@ -229,3 +230,21 @@ async def test_two_concurrent_patches_one_wins(client: Client) -> None:
     assert winner.headers["upload-offset"] == "100"
     head = await client.http.head(url, headers={**TUS, **ada})
     assert head.headers["upload-offset"] == "100"
+
+
+async def test_expired_uploads_are_cleaned_away(client: Client) -> None:
+    ada = await client.user("ada@example.com")
+    video = await client.video(ada)
+    uploads = client.state.uploads
+    uploads.ttl = 0.5
+    url = await client.start(ada, video, 100)
+    r = await client.http.patch(url, content=b"abc", headers={**CHUNK, **ada, "upload-offset": "0"})
+    assert r.status_code == 204
+    assert any((client.root / "uploads").rglob("0*"))
+    await asyncio.sleep(0.6)
+    assert (await client.http.head(url, headers={**TUS, **ada})).status_code == 404
+    assert await uploads.clean_expired() == 1
+    assert not any((client.root / "uploads").rglob("0*"))
+    assert await uploads.clean_expired() == 0
+    # The video takes a new upload.
+    await client.start(ada, video, 100)
