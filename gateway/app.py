@@ -35,6 +35,7 @@ from gateway.api.http import guarded
 from gateway.api.identity import Identity
 from gateway.assets import CatalogAssets, PathAssets
 from gateway.cors import PublicCORS
+from gateway.ingest import Ingest
 from gateway.library import Library
 from gateway.ranges import RangeNotSatisfiable
 from gateway.routes import VodRoutes, healthz, metrics_page, player_page
@@ -96,12 +97,14 @@ def create_app(
     identity, account_routes = _accounts(settings, catalog)
     vod = VodRoutes(library, PathAssets(library, signer, settings.vod.require_token))
     admin = Admin(library, settings.server.admin_token, identity)
+    processing = Ingest(catalog, storage, runner)
     ingest = uploads.Uploads(
         catalog,
         storage,
         identity,
         settings.ingest.max_upload_mb * 1024 * 1024,
         settings.ingest.upload_ttl_hours * 3600,
+        on_complete=processing.start,
     )
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
@@ -144,6 +147,7 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await cleaning
         await account_routes.settle()  # reset emails being sent
+        await processing.settle()  # uploads being validated
         await aggregator.close()  # the view counts not written yet
         await cache.close()  # pending cache writes, the purge subscription, Redis connections
         await account_routes.limits.close()
@@ -159,6 +163,7 @@ def create_app(
     app.state.limits = account_routes.limits
     app.state.accounts = account_routes
     app.state.uploads = ingest
+    app.state.ingest = processing
     return app
 
 

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 from starlette.requests import ClientDisconnect, Request
@@ -57,7 +57,9 @@ class Uploads:
         max_bytes: int,
         ttl: float,
         hold: float = 60.0,
+        on_complete: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_complete = on_complete  # given the video id once its original is stored
         self.catalog = catalog
         self.storage = storage
         self.identity = identity
@@ -226,6 +228,8 @@ class Uploads:
         )
         await store.finish(self.catalog, upload.id)
         await self._drop_parts(upload.id)
+        if self.on_complete is not None:
+            self.on_complete(upload.video_id)
 
     async def clean_expired(self) -> int:
         """Removes unfinished uploads past their expiry, parts first; how many went. Every

@@ -20,6 +20,7 @@ from backends.catalog import Catalog
 from conf import Settings
 from gateway.app import create_app
 from tests.conftest import settings_for
+from tests.media import MediaLibrary
 
 pytestmark = pytest.mark.anyio
 
@@ -41,8 +42,9 @@ class Client:
         token = AccessTokens({"k1": SECRET.encode()}, "k1", 900).issue(user.id, "user")
         return {"authorization": f"Bearer {token}"}
 
-    async def video(self, who: dict[str, str]) -> str:
-        r = await self.http.post("/api/v1/videos", json={"title": "upload"}, headers=who)
+    async def video(self, who: dict[str, str], privacy: str = "private") -> str:
+        body = {"title": "upload", "privacy": privacy}
+        r = await self.http.post("/api/v1/videos", json=body, headers=who)
         assert r.status_code == 201, r.text
         created = r.json()
         assert created["upload"]["url"] == "/api/v1/uploads"
@@ -72,6 +74,7 @@ async def client(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Client]:
         try:
             yield Client(http, catalog, tmp_path / "library", app.state)
         finally:
+            await app.state.ingest.settle()  # validations still running hold connections
             await app.state.library.cache.close()
             await app.state.limits.close()
 
@@ -248,3 +251,50 @@ async def test_expired_uploads_are_cleaned_away(client: Client) -> None:
     assert await uploads.clean_expired() == 0
     # The video takes a new upload.
     await client.start(ada, video, 100)
+
+
+async def _upload_file(client: Client, who: dict[str, str], video: str, data: bytes) -> None:
+    url = await client.start(who, video, len(data))
+    r = await client.http.patch(url, content=data, headers={**CHUNK, **who, "upload-offset": "0"})
+    assert r.status_code == 204, r.text
+    await client.state.ingest.settle()
+
+
+async def test_an_h264_upload_plays_at_once(client: Client, media: MediaLibrary) -> None:
+    ada = await client.user("ada@example.com")
+    video = await client.video(ada, privacy="unlisted")
+    await _upload_file(client, ada, video, media.good("h264_30fps_bframes").read_bytes())
+    got = await client.catalog.get_video(video)
+    assert got is not None
+    assert got.status == "playable"
+    assert (got.width, got.height) == (320, 180)
+    assert got.duration_ms == pytest.approx(14_000, abs=200)
+    assert [r.name for r in got.renditions] == ["original"]
+    master = await client.http.get(f"/v/{video}/master.m3u8")
+    assert master.status_code == 200
+    assert "original/index.m3u8" in master.text
+    assert (await client.http.get(f"/v/{video}/original/seg-1.m4s")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "reason"),
+    [
+        ("noise", "failed", "not a readable video"),
+        ("audio_only", "failed", "no video stream"),
+        ("hevc", "processing", None),
+    ],
+)
+async def test_uploads_are_judged_by_content(
+    client: Client, media: MediaLibrary, kind: str, status: str, reason: str | None
+) -> None:
+    ada = await client.user("ada@example.com")
+    video = await client.video(ada)
+    data = bytes(range(256)) * 400 if kind == "noise" else media.good(kind).read_bytes()
+    await _upload_file(client, ada, video, data)
+    got = await client.catalog.get_video(video)
+    assert got is not None
+    assert got.status == status
+    assert got.failure_reason == reason if reason is None else reason in str(got.failure_reason)
+    assert got.original_md5 is not None  # the original is kept either way
+    r = await client.http.get(f"/api/v1/videos/{video}", headers=ada)
+    assert r.json()["status"] == status

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -109,8 +110,15 @@ def test_tuspy_uploads_resumes_and_the_original_matches(tmp_path: Path) -> None:
             resumed = client.uploader(file_stream=stream, url=server.base + path, chunk_size=MB)
             assert resumed.offset == kept
             resumed.upload()
-        got = httpx.get(f"{server.base}/api/v1/videos/{video_id}", headers=auth).json()
-        assert got["status"] == "uploaded"
+        # The bytes are random, not a video: validation fails it, with the reason, and keeps
+        # the original.
+        for _ in range(100):
+            got = httpx.get(f"{server.base}/api/v1/videos/{video_id}", headers=auth).json()
+            if got["status"] != "uploaded":
+                break
+            time.sleep(0.1)
+        assert got["status"] == "failed"
+        assert "not a readable video" in got["failure_reason"]
     finally:
         stop_server(server)
 

@@ -111,6 +111,13 @@ class LocalStorage:
         self._parents[directory] = (now, verdict)
         return verdict
 
+    def local_path(self, path: str) -> str:
+        """The file's own path, for tools that read files (PyAV probing an upload)."""
+        try:
+            return self._checked(path)
+        except FileNotFoundError:
+            raise MediaNotFound(f"{path} not found") from None
+
     def _checked(self, path: str) -> str:
         full = self._full(path)
         if not path:
