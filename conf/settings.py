@@ -192,6 +192,8 @@ class IngestSettings(_Section, frozen=True):
     max_upload_mb: Annotated[int, Meta(ge=1, le=1024 * 1024)] = 2048
     # Hours an unfinished upload may be resumed; then it and its parts are gone.
     upload_ttl_hours: Annotated[float, Meta(gt=0, le=24 * 30)] = 24.0
+    # Storage each user may fill with originals and unfinished uploads (0: no limit).
+    user_quota_gb: Annotated[float, Meta(ge=0)] = 50.0
 
 
 class MailSettings(_Section, frozen=True):

@@ -105,6 +105,7 @@ def create_app(
         settings.ingest.max_upload_mb * 1024 * 1024,
         settings.ingest.upload_ttl_hours * 3600,
         on_complete=processing.start,
+        quota=int(settings.ingest.user_quota_gb * 1e9),
     )
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),

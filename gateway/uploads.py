@@ -32,6 +32,12 @@ from gateway import tus
 from gateway.api.identity import Identity
 
 log = logging.getLogger("clipsync.uploads")
+
+
+class QuotaExceeded(Forbidden):
+    """403: the user's originals and unfinished uploads would pass their quota."""
+
+
 ROOT = "/api/v1/uploads"
 READ_BLOCK = 8 * 1024 * 1024
 _UNSAFE = re.compile(r"[^\w.\- ]+")
@@ -58,7 +64,9 @@ class Uploads:
         ttl: float,
         hold: float = 60.0,
         on_complete: Callable[[str], None] | None = None,
+        quota: int = 0,
     ) -> None:
+        self.quota = quota  # bytes per user, originals and unfinished uploads (0: none)
         self.on_complete = on_complete  # given the video id once its original is stored
         self.catalog = catalog
         self.storage = storage
@@ -94,6 +102,13 @@ class Uploads:
             raise NotFound("Upload-Metadata video_id: no such video of yours (create it first)")
         if video.status != "uploading":
             raise Conflict(f"this video is {video.status}: it takes no upload")
+        if self.quota:
+            used = await store.used_bytes(self.catalog, who.user_id)
+            if used + length > self.quota:
+                raise QuotaExceeded(
+                    f"this upload would take your storage to {(used + length) / 1e9:.2f} GB: "
+                    f"your quota is {self.quota / 1e9:.2f} GB"
+                )
         upload = await store.create(
             self.catalog,
             video.id,

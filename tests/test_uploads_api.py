@@ -298,3 +298,23 @@ async def test_uploads_are_judged_by_content(
     assert got.original_md5 is not None  # the original is kept either way
     r = await client.http.get(f"/api/v1/videos/{video}", headers=ada)
     assert r.json()["status"] == status
+
+
+async def test_the_quota_counts_originals_and_unfinished_uploads(client: Client) -> None:
+    ada = await client.user("ada@example.com")
+    client.state.uploads.quota = 150
+    first = await client.start(ada, await client.video(ada), 100)
+    second = await client.video(ada)
+    meta = f"video_id {b64(second)}"
+    headers = {**TUS, **ada, "upload-length": "100", "upload-metadata": meta}
+    r = await client.http.post("/api/v1/uploads", headers=headers)
+    assert r.status_code == 403
+    assert "quota" in r.json()["detail"]
+    # Finished originals count too: finish the first, and the second still does not fit.
+    r = await client.http.patch(
+        first, content=b"x" * 100, headers={**CHUNK, **ada, "upload-offset": "0"}
+    )
+    assert r.status_code == 204
+    assert (await client.http.post("/api/v1/uploads", headers=headers)).status_code == 403
+    bob = await client.user("bob@example.com")  # another user has a quota of their own
+    await client.start(bob, await client.video(bob), 100)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import msgspec
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backends.catalog import schema
@@ -151,3 +151,16 @@ async def renew(catalog: Catalog, upload_id: str, offset: int, hold: float) -> N
             .where(and_(u.c.id == upload_id, u.c.offset == offset, u.c.writer_until.is_not(None)))
             .values(writer_until=_now() + timedelta(seconds=hold))
         )
+
+
+async def used_bytes(catalog: Catalog, user_id: str) -> int:
+    """What ``user_id`` holds: stored originals plus the full length of unfinished uploads."""
+    v, u = schema.videos, schema.uploads
+    originals = select(func.coalesce(func.sum(v.c.original_size), 0)).where(v.c.owner_id == user_id)
+    pending = select(func.coalesce(func.sum(u.c.length), 0)).where(
+        and_(u.c.user_id == user_id, u.c.completed_at.is_(None))
+    )
+    async with catalog.reader.connect() as conn:
+        stored = (await conn.execute(originals)).scalar_one()
+        waiting = (await conn.execute(pending)).scalar_one()
+    return int(stored) + int(waiting)
