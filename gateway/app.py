@@ -35,6 +35,7 @@ from gateway.api.http import guarded
 from gateway.api.identity import Identity
 from gateway.assets import CatalogAssets, PathAssets
 from gateway.cors import PublicCORS
+from gateway.form_upload import FormUploads
 from gateway.ingest import Ingest
 from gateway.library import Library
 from gateway.ranges import RangeNotSatisfiable
@@ -98,6 +99,14 @@ def create_app(
     vod = VodRoutes(library, PathAssets(library, signer, settings.vod.require_token))
     admin = Admin(library, settings.server.admin_token, identity)
     processing = Ingest(catalog, storage, runner)
+    form = FormUploads(
+        catalog,
+        storage,
+        identity,
+        settings.ingest.max_upload_mb * 1024 * 1024,
+        int(settings.ingest.user_quota_gb * 1e9),
+        on_complete=processing.start,
+    )
     ingest = uploads.Uploads(
         catalog,
         storage,
@@ -115,6 +124,7 @@ def create_app(
         Route("/metrics", metrics_page(registry), methods=["GET"]),
         Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
         Route(uploads.ROOT, guarded(ingest.collection), methods=["POST", "OPTIONS"]),
+        Route("/api/v1/videos/{video_id}/original", guarded(form.original), methods=["POST"]),
         Route(
             uploads.ROOT + "/{upload_id}",
             guarded(ingest.item),

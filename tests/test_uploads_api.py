@@ -318,3 +318,50 @@ async def test_the_quota_counts_originals_and_unfinished_uploads(client: Client)
     assert (await client.http.post("/api/v1/uploads", headers=headers)).status_code == 403
     bob = await client.user("bob@example.com")  # another user has a quota of their own
     await client.start(bob, await client.video(bob), 100)
+
+
+async def test_a_single_request_form_upload(client: Client, media: MediaLibrary) -> None:
+    ada = await client.user("ada@example.com")
+    video = await client.video(ada, privacy="unlisted")
+    data = media.good("h264_30fps_bframes").read_bytes()
+    files = {"file": ("../../etc/My Clip.mp4", data, "video/mp4")}
+    url = f"/api/v1/videos/{video}/original"
+    r = await client.http.post(url, files=files, data={"note": "x"}, headers=ada)
+    assert r.status_code == 201, r.text
+    assert r.json()["md5"] == hashlib.new("md5", data, usedforsecurity=False).hexdigest()
+    await client.state.ingest.settle()
+    got = await client.catalog.get_video(video)
+    assert got is not None
+    assert got.status == "playable"
+    assert got.original_path == f"videos/{video}/original/My Clip.mp4"
+    assert (await client.http.post(url, files=files, headers=ada)).status_code == 409
+
+
+FORM = "multipart/form-data; boundary=b"
+FILE_PART = b"--b\r\nContent-Disposition: form-data; name=file; filename=a.mp4\r\n\r\n"
+OTHER_PART = b"--b\r\nContent-Disposition: form-data; name=other\r\n\r\nx\r\n--b--\r\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "ctype", "status"),
+    [
+        (b"not a form", "video/mp4", 400),
+        (OTHER_PART, FORM, 400),
+        (FILE_PART + b"xyz", FORM, 400),  # the body ends inside the file
+        (FILE_PART + b"x" * (9 * 1024 * 1024) + b"\r\n--b--\r\n", FORM, 413),
+    ],
+)
+async def test_bad_form_uploads_leave_nothing(
+    client: Client, content: bytes, ctype: str, status: int
+) -> None:
+    ada = await client.user("ada@example.com")
+    video = await client.video(ada)
+    url = f"/api/v1/videos/{video}/original"
+    r = await client.http.post(url, content=content, headers={**ada, "content-type": ctype})
+    assert r.status_code == status, r.text
+    got = await client.catalog.get_video(video)
+    assert got is not None
+    assert (got.status, got.original_path) == ("uploading", None)
+    videos = client.root / "videos"
+    files = [p for p in videos.rglob("*") if p.is_file()] if videos.exists() else []
+    assert files == []  # not even a temporary file
