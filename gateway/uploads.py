@@ -211,7 +211,7 @@ class Uploads:
         """Joins the parts into the original, MD5 on the way; the video becomes uploaded."""
         parts = sorted(
             (int(e.name), e.size)
-            for e in await self.storage.list(f"uploads/{upload.id}/")
+            for e in await self.storage.list(f"uploads/{upload.id}")
             if e.name.isdigit() and e.size > 0
         )
         position = 0
@@ -268,5 +268,5 @@ class Uploads:
 
     async def _drop_parts(self, upload_id: str) -> None:
         with contextlib.suppress(ClipSyncError):
-            for entry in await self.storage.list(f"uploads/{upload_id}/"):
+            for entry in await self.storage.list(f"uploads/{upload_id}"):
                 await self.storage.delete(f"uploads/{upload_id}/{entry.name}")
