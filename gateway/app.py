@@ -150,13 +150,9 @@ def create_app(
         Exception: errors.handle_unexpected,
     }
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        cleaning = asyncio.create_task(ingest.cleaner(UPLOAD_CLEAN_INTERVAL))
-        yield
-        cleaning.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleaning
+    async def shutdown() -> None:
+        """What the gateway finishes and closes on its way out (also run by in-process tests,
+        where no lifespan runs)."""
         await account_routes.settle()  # reset emails being sent
         await processing.settle()  # uploads being validated
         await aggregator.close()  # the view counts not written yet
@@ -165,16 +161,24 @@ def create_app(
         await catalog.close()
         await storage.close()  # remote stores hold connection pools
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        cleaning = asyncio.create_task(ingest.cleaner(UPLOAD_CLEAN_INTERVAL))
+        yield
+        cleaning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleaning
+        await shutdown()
+
     app = Starlette(
         routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
     )
     app.state.library = library
     app.state.catalog = catalog
     app.state.views = aggregator
-    app.state.limits = account_routes.limits
-    app.state.accounts = account_routes
     app.state.uploads = ingest
     app.state.ingest = processing
+    app.state.shutdown = shutdown
     return app
 
 

@@ -14,8 +14,7 @@ import pytest
 from backends.blocking import BlockingRunner
 from backends.storage import Storage, open_storage
 from conf.settings import StorageSettings
-from gateway.app import create_app
-from tests.conftest import settings_with
+from tests.conftest import serving, settings_with
 from tests.media import CORRUPT, GOOD, MediaLibrary
 from tests.stores import Azurite, MotoS3, StaticHttp, nginx_binary
 
@@ -159,10 +158,5 @@ async def gateway(
     """The app in-process over ``storage_settings``; its storage is closed at the end."""
     settings = settings_with(storage_settings, cache, **vod)
     storage = open_storage(settings.storage, BlockingRunner(settings.server.blocking_threads))
-    app = create_app(settings, storage)
-    try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http, storage
-    finally:
-        await storage.close()
+    async with serving(settings, storage=storage) as (http, _):
+        yield http, storage

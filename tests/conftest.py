@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from backends.catalog import Catalog
+from backends.storage import Storage
 from conf import Settings
 from conf.settings import StorageSettings
 from gateway.app import create_app
@@ -81,21 +83,37 @@ def settings_for(
 
 
 @contextlib.asynccontextmanager
+async def serving(
+    settings: Settings,
+    catalog: Catalog | None = None,
+    storage: Storage | None = None,
+    base_url: str = "http://test",
+    client_timeout: float = 5.0,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """The app in-process with ``settings`` (and this catalog or storage, if given), and an
+    httpx client talking to it. No lifespan runs in-process: the app's own shutdown runs at the
+    end (tasks still running, cache, limiter, catalog and storage connections)."""
+    app = create_app(settings, storage, catalog)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=base_url, timeout=client_timeout
+    ) as http:
+        try:
+            yield http, app
+        finally:
+            await app.state.shutdown()
+
+
+@contextlib.asynccontextmanager
 async def app_client(
     root: Path,
     cache: dict[str, object] | None = None,
     server: dict[str, object] | None = None,
     **vod: object,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """The app in-process over ``root`` with these settings, and an httpx client talking to
-    it. Its cache is closed at the end (no lifespan runs in-process)."""
-    app = create_app(settings_for(root, cache, server, **vod))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        try:
-            yield http, app
-        finally:
-            await app.state.library.cache.close()
+    """The app in-process over ``root`` with these settings, and an httpx client talking to it."""
+    async with serving(settings_for(root, cache, server, **vod)) as (http, app):
+        yield http, app
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ import pytest
 from auth.tokens import AccessTokens
 from backends.catalog import Catalog
 from conf import Settings
-from gateway.app import create_app
-from tests.conftest import settings_for
+from tests.conftest import serving, settings_for
 from tests.redis_fixtures import keys_under
 
 pytestmark = pytest.mark.anyio
@@ -41,15 +40,9 @@ async def gateway(
     raw["mail"]["outbox"] = str(root / "outbox")
     if redis is not None:
         raw["cache"].update({"redis_url": redis[0], "redis_prefix": redis[1]})
-    app = create_app(msgspec.convert(raw, Settings), catalog=catalog)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://test") as http:
-        try:
-            yield http
-        finally:
-            await app.state.accounts.settle()  # background reset emails hold connections
-            await app.state.library.cache.close()
-            await app.state.limits.close()
+    settings = msgspec.convert(raw, Settings)
+    async with serving(settings, catalog, base_url="https://test") as (http, _):
+        yield http
 
 
 @pytest.fixture

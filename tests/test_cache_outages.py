@@ -19,8 +19,7 @@ import redis
 
 from backends.cache import CircuitBreaker, Entry, MemoryTier, RedisTier, TieredCache, connect
 from backends.cache.redis_tier import parse_url
-from gateway.app import create_app
-from tests.conftest import settings_for
+from tests.conftest import serving, settings_for
 from tests.media import MediaLibrary
 from tests.metrics import scrape
 from tests.redis_fixtures import RedisServer
@@ -38,13 +37,8 @@ async def gateway(
     root: Path, url: str, **cache: object
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     settings = settings_for(root, {"redis_url": url, **THROUGH_REDIS, **cache})
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as h:
-        try:
-            yield h, app
-        finally:
-            await app.state.library.cache.close()
+    async with serving(settings, client_timeout=30) as (h, app):
+        yield h, app
 
 
 def paths(count: int) -> list[str]:

@@ -14,8 +14,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.app import create_app
-from tests.conftest import app_client, settings_for
+from tests.conftest import app_client, serving, settings_for
 from tests.media import MediaLibrary
 from tests.metrics import scrape, scrape_sync
 from tests.redis_fixtures import keys_under
@@ -262,8 +261,7 @@ async def test_purge_refuses_bad_requests_and_keeps_the_cache(
 
 
 async def test_purge_is_off_without_an_admin_token(media: MediaLibrary) -> None:
-    app = create_app(settings_for(media.root))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
+    async with serving(settings_for(media.root)) as (h, _):
         r = await h.post(
             "/api/v1/admin/purge", json={"path": ""}, headers={"authorization": "Bearer "}
         )

@@ -17,8 +17,7 @@ from sqlalchemy import text
 
 from auth.tokens import AccessTokens
 from backends.catalog import Catalog, VideoChanges
-from gateway.app import create_app
-from tests.conftest import settings_for
+from tests.conftest import serving, settings_for
 from tests.media import MediaLibrary
 
 pytestmark = pytest.mark.anyio
@@ -56,9 +55,7 @@ async def api(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Api]:
         catalog=settings.catalog,
         auth=type(settings.auth)(jwt_secret=SECRET),
     )
-    app = create_app(settings, catalog=catalog)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with serving(settings, catalog) as (http, app):
         yield Api(http, catalog, tmp_path, app.state)
 
 
@@ -311,10 +308,8 @@ async def test_a_catalog_that_cannot_answer_is_503(tmp_path: Path) -> None:
 
     # A database file with no schema: every query fails inside the database.
     catalog = Catalog(engines.create(f"sqlite:///{tmp_path}/empty.sqlite3"))
-    app = create_app(settings_for(tmp_path), catalog=catalog)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as h:
-        r = await h.get("/api/v1/videos")
-    await catalog.close()
+    async with serving(settings_for(tmp_path), catalog) as (http, _):
+        r = await http.get("/api/v1/videos")
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"
     assert "retry" in r.json()["detail"]

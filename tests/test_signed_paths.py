@@ -13,9 +13,8 @@ import pytest
 
 from auth.playback import PlaybackSigner, for_path
 from conf import Settings
-from gateway.app import create_app
 from gateway.cli import main
-from tests.conftest import settings_for
+from tests.conftest import serving, settings_for
 from tests.media import MediaLibrary
 
 pytestmark = pytest.mark.anyio
@@ -42,15 +41,8 @@ async def http(media: MediaLibrary) -> AsyncIterator[httpx.AsyncClient]:
     raw = msgspec.to_builtins(settings_for(media.root))
     raw["auth"]["playback_secret"] = SECRET
     raw["vod"]["require_token"] = True
-    app = create_app(msgspec.convert(raw, Settings))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as client:
-        try:
-            yield client
-        finally:
-            await app.state.library.cache.close()
-            await app.state.limits.close()
+    async with serving(msgspec.convert(raw, Settings)) as (client, _):
+        yield client
 
 
 async def test_signed_urls_play_and_nothing_else_does(

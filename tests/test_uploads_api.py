@@ -18,8 +18,7 @@ import pytest
 from auth.tokens import AccessTokens
 from backends.catalog import Catalog
 from conf import Settings
-from gateway.app import create_app
-from tests.conftest import settings_for
+from tests.conftest import serving, settings_for
 from tests.media import MediaLibrary
 
 pytestmark = pytest.mark.anyio
@@ -73,15 +72,8 @@ async def client(catalog: Catalog, tmp_path: Path) -> AsyncIterator[Client]:
     (tmp_path / "library").mkdir()
     raw["auth"]["jwt_secret"] = SECRET
     raw["ingest"]["max_upload_mb"] = 8
-    app = create_app(msgspec.convert(raw, Settings), catalog=catalog)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        try:
-            yield Client(http, catalog, tmp_path / "library", app.state)
-        finally:
-            await app.state.ingest.settle()  # validations still running hold connections
-            await app.state.library.cache.close()
-            await app.state.limits.close()
+    async with serving(msgspec.convert(raw, Settings), catalog) as (http, app):
+        yield Client(http, catalog, tmp_path / "library", app.state)
 
 
 async def test_upload_in_chunks_then_the_original_with_its_md5(client: Client) -> None:

@@ -16,9 +16,8 @@ import pytest
 from auth.tokens import AccessTokens
 from backends.catalog import Catalog
 from conf import Settings
-from gateway.app import create_app
 from tests.backends import CONTAINER, PREFIX, s3_settings
-from tests.conftest import settings_with
+from tests.conftest import serving, settings_with
 from tests.stores import MotoS3
 
 pytestmark = pytest.mark.anyio
@@ -40,16 +39,8 @@ async def s3_gateway(
     storage = s3_settings(moto_s3, deadline=2.0, attempt_timeout=0.5, retries=1)
     raw = msgspec.to_builtins(settings_with(storage))
     raw["auth"]["jwt_secret"] = SECRET
-    app = create_app(msgspec.convert(raw, Settings), catalog=catalog)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        try:
-            yield http, app.state
-        finally:
-            await app.state.ingest.settle()
-            await app.state.library.cache.close()
-            await app.state.limits.close()
-            await app.state.library.storage.close()
+    async with serving(msgspec.convert(raw, Settings), catalog) as (http, app):
+        yield http, app.state
 
 
 @pytest.mark.parametrize("empty_catalog", ["sqlite"], indirect=True)  # the fault is the store's
