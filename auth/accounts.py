@@ -13,7 +13,6 @@ digest) is sent in the background, so the answer's timing does not depend on the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -24,9 +23,10 @@ from sqlalchemy.exc import IntegrityError
 
 from auth import passwords
 from auth.notify import Mail, Notifier
-from auth.sessions import Issued, Sessions
+from auth.sessions import Issued, Sessions, digest
 from backends.catalog import Catalog, schema
 from backends.catalog.records import User
+from backends.catalog.store import aware
 from backends.errors import (
     Conflict,
     Forbidden,
@@ -54,16 +54,8 @@ class AccountPolicy(msgspec.Struct, frozen=True, kw_only=True):
     reset_url: str = "http://127.0.0.1:8080/reset-password"  # the link gets ?token=…
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Accounts:
@@ -91,7 +83,7 @@ class Accounts:
         except InvalidRequest:
             await passwords.burn_check(password, self.policy.password_cost)
             raise Unauthorized(_WRONG) from None
-        key = _digest(address)
+        key = digest(address)
         await self._refuse_if_locked(key)
         u = schema.users
         async with self.catalog.reader.connect() as conn:
@@ -150,24 +142,24 @@ class Accounts:
                 await conn.execute(
                     select(r.c.user_id, r.c.expires_at, r.c.used_at, u.c.email)
                     .join(u, u.c.id == r.c.user_id)
-                    .where(r.c.digest == _digest(token))
+                    .where(r.c.digest == digest(token))
                 )
             ).first()
-        if row is None or row.used_at is not None or _aware(row.expires_at) <= now:
+        if row is None or row.used_at is not None or aware(row.expires_at) <= now:
             raise InvalidRequest("invalid or expired reset link")
         passwords.check_policy(new, row.email)
         hashed = await passwords.hash_password(new, self.policy.password_cost)
         async with self.catalog.engine.begin() as conn:
             spent = await conn.execute(
                 update(r)
-                .where(and_(r.c.digest == _digest(token), r.c.used_at.is_(None)))
+                .where(and_(r.c.digest == digest(token), r.c.used_at.is_(None)))
                 .values(used_at=now)
             )
             if spent.rowcount != 1:
                 raise InvalidRequest("invalid or expired reset link")
             await conn.execute(update(u).where(u.c.id == row.user_id).values(password_hash=hashed))
             await self.sessions.end_all(row.user_id, conn)
-        await self._forget_failures(_digest(row.email))
+        await self._forget_failures(digest(row.email))
 
     async def set_disabled(self, user_id: str, disabled: bool) -> None:
         u = schema.users
@@ -203,7 +195,7 @@ class Accounts:
             async with self.catalog.engine.begin() as conn:
                 await conn.execute(
                     insert(r).values(
-                        digest=_digest(token),
+                        digest=digest(token),
                         user_id=user_id,
                         created_at=now,
                         expires_at=now + timedelta(seconds=self.policy.reset_ttl),
@@ -243,7 +235,7 @@ class Accounts:
             ).scalar()
         if locked is None:
             return
-        wait = (_aware(locked) - _now()).total_seconds()
+        wait = (aware(locked) - _now()).total_seconds()
         if wait > 0:
             raise LockedOut(
                 "too many failed sign-ins for this email: try again later", int(wait) + 1
@@ -268,7 +260,7 @@ class Accounts:
                     insert(f).values(email_digest=key, failures=1, first_at=now, locked_until=None)
                 )
                 count = 1
-            elif _aware(row.first_at) + window <= now:  # an old series: start a new one
+            elif aware(row.first_at) + window <= now:  # an old series: start a new one
                 await conn.execute(
                     update(f)
                     .where(f.c.email_digest == key)

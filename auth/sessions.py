@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from auth.tokens import AccessTokens, Principal
 from backends.catalog import Catalog, schema
 from backends.catalog.records import Role, new_id
+from backends.catalog.store import aware
 from backends.errors import Unauthorized
 
 REFRESH_TTL = 30 * 86_400
@@ -45,10 +46,6 @@ def digest(token: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Sessions:
@@ -78,7 +75,7 @@ class Sessions:
                     )
                 )
             ).first()
-            if row is None or row.revoked or _aware(row.expires_at) <= now:
+            if row is None or row.revoked or aware(row.expires_at) <= now:
                 raise Unauthorized("invalid refresh token")
             # Spend it only if nobody has: of two concurrent refreshes, one wins.
             spent = await conn.execute(

@@ -20,6 +20,8 @@ The library is the demo ladder (``clipsync demo``'s generator), made once into b
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import statistics
 import sys
 import tempfile
@@ -52,9 +54,6 @@ def micro_us(run: Callable[[], object], batches: int = 15, per_batch: int = 20_0
 
 
 def micro() -> list[tuple[str, float]]:
-    import hashlib
-    import hmac
-
     signer = PlaybackSigner({"k1": SECRET.encode()}, "k1")
     expires = int(time.time()) + 3600
     video = for_video("AbCdEfGhIjKlMnOp")

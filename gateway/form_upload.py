@@ -20,12 +20,12 @@ from starlette.responses import Response
 from backends.catalog import Catalog, VideoChanges
 from backends.catalog import uploads as store
 from backends.catalog.records import storage_folder
-from backends.errors import Conflict, InvalidRequest, NotFound
+from backends.errors import InvalidRequest
 from backends.storage import Storage
 from gateway import tus
 from gateway.api import http
 from gateway.api.identity import Identity
-from gateway.uploads import QuotaExceeded, safe_filename
+from gateway.uploads import QuotaExceeded, awaiting_upload, safe_filename
 
 FIELD = "file"
 
@@ -131,11 +131,9 @@ class FormUploads:
 
     async def original(self, request: Request) -> Response:
         who = await self.identity.me(request)
-        video = await self.catalog.get_video(request.path_params["video_id"])
-        if video is None or (video.owner_id != who.user_id and not who.admin):
-            raise NotFound("no such video of yours")
-        if video.status != "uploading":
-            raise Conflict(f"this video is {video.status}: it takes no upload")
+        video = await awaiting_upload(
+            self.catalog, who, request.path_params["video_id"], "no such video of yours"
+        )
         kind, options = parse_options_header(request.headers.get("content-type", ""))
         if kind != b"multipart/form-data" or b"boundary" not in options:
             raise InvalidRequest(f"send multipart/form-data with the video as the '{FIELD}' field")

@@ -21,11 +21,10 @@ from collections.abc import AsyncIterator
 from backends.blocking import BlockingRunner
 from backends.catalog import Catalog, Rendition, VideoChanges
 from backends.errors import BadMedia, ClipSyncError
-from backends.storage import Storage
+from backends.storage import Storage, read_blocks
 from packager import probe
 
 log = logging.getLogger("clipsync.ingest")
-READ_BLOCK = 8 * 1024 * 1024
 
 
 @contextlib.asynccontextmanager
@@ -38,8 +37,8 @@ async def local_copy(storage: Storage, path: str, size: int) -> AsyncIterator[st
     handle, name = tempfile.mkstemp(prefix="clipsync-original-")
     try:
         with os.fdopen(handle, "wb") as out:
-            for start in range(0, size, READ_BLOCK):
-                out.write(await storage.read_range(path, start, min(size, start + READ_BLOCK)))
+            async for block in read_blocks(storage, path, size):
+                out.write(block)
         yield name
     finally:
         with contextlib.suppress(OSError):

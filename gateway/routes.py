@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from backends.errors import MediaNotFound
 from backends.storage import deadline_scope
 from gateway import responses, urls
+from gateway.api.http import client_ip
 from gateway.assets import Assets
 from gateway.library import Library, Rendition
 from gateway.responses import Playlist
@@ -53,8 +54,8 @@ class VodRoutes:
     async def _handle(self, request: Request) -> Response:
         req = urls.parse(request.path_params["path"])
         fmt: Format = req.format or self.default_format
-        client = request.client.host if request.client else None
-        signed = await self.assets.admit(req.asset, request.query_params.get(TOKEN_PARAM), client)
+        token = request.query_params.get(TOKEN_PARAM)
+        signed = await self.assets.admit(req.asset, token, client_ip(request))
         if req.kind in ("master", "media", "iframes"):
             return await self._playlist(request, req, fmt, signed)
         # A playlist checks the file's version when it is built; media requests may reuse a

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from collections.abc import Mapping
 from email.utils import formatdate
@@ -117,10 +116,6 @@ def checksum(header: str | None) -> tuple[str, bytes] | None:
             f"Upload-Checksum: a {algorithm} digest is {_DIGEST_BYTES[algorithm]} bytes"
         )
     return algorithm, digest
-
-
-def digest_of(algorithm: str, data: bytes) -> bytes:
-    return hashlib.new(algorithm, data, usedforsecurity=False).digest()
 
 
 def expires_header(epoch_seconds: float) -> str:

@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from backends.catalog import Catalog, VideoChanges
+from auth.tokens import Principal
+from backends.catalog import Catalog, Video, VideoChanges
 from backends.catalog import uploads as store
 from backends.catalog.records import storage_folder
 from backends.errors import ClipSyncError, Conflict, Forbidden, NotFound
-from backends.storage import Storage
+from backends.storage import Storage, read_blocks
 from gateway import tus
 from gateway.api.identity import Identity
 
@@ -39,8 +40,18 @@ class QuotaExceeded(Forbidden):
 
 
 ROOT = "/api/v1/uploads"
-READ_BLOCK = 8 * 1024 * 1024
 _UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+async def awaiting_upload(catalog: Catalog, who: Principal, video_id: str, missing: str) -> Video:
+    """The caller's video that still takes its original (status ``uploading``); NotFound with
+    ``missing`` if it is not the caller's, Conflict once it has one."""
+    video = await catalog.get_video(video_id)
+    if video is None or (video.owner_id != who.user_id and not who.admin):
+        raise NotFound(missing)
+    if video.status != "uploading":
+        raise Conflict(f"this video is {video.status}: it takes no upload")
+    return video
 
 
 def part_path(upload_id: str, offset: int) -> str:
@@ -82,26 +93,32 @@ class Uploads:
         return headers
 
     async def collection(self, request: Request) -> Response:
-        if request.method == "OPTIONS":
-            return Response(status_code=204, headers=tus.options_headers(self.max_bytes))
-        return await self.create(request)
+        handlers = {"OPTIONS": self.options, "POST": self.create}
+        return await handlers[request.method](request)
 
     async def item(self, request: Request) -> Response:
-        handlers = {"HEAD": self.status, "PATCH": self.patch, "DELETE": self.terminate}
-        if request.method == "OPTIONS":
-            return Response(status_code=204, headers=tus.options_headers(self.max_bytes))
+        handlers = {
+            "OPTIONS": self.options,
+            "HEAD": self.status,
+            "PATCH": self.patch,
+            "DELETE": self.terminate,
+        }
         return await handlers[request.method](request)
+
+    async def options(self, request: Request) -> Response:
+        return Response(status_code=204, headers=tus.options_headers(self.max_bytes))
 
     async def create(self, request: Request) -> Response:
         who = await self.identity.me(request)
         tus.check_version(request.headers)
         length = tus.non_negative(request.headers, "Upload-Length", self.max_bytes)
         meta = tus.metadata(request.headers.get("upload-metadata"))
-        video = await self.catalog.get_video(meta.get("video_id", ""))
-        if video is None or (video.owner_id != who.user_id and not who.admin):
-            raise NotFound("Upload-Metadata video_id: no such video of yours (create it first)")
-        if video.status != "uploading":
-            raise Conflict(f"this video is {video.status}: it takes no upload")
+        video = await awaiting_upload(
+            self.catalog,
+            who,
+            meta.get("video_id", ""),
+            "Upload-Metadata video_id: no such video of yours (create it first)",
+        )
         if self.quota:
             used = await store.used_bytes(self.catalog, who.user_id)
             if used + length > self.quota:
@@ -223,10 +240,7 @@ class Uploads:
 
         async def joined() -> AsyncIterator[bytes]:
             for start, size in parts:
-                for at in range(0, size, READ_BLOCK):
-                    block = await self.storage.read_range(
-                        part_path(upload.id, start), at, min(size, at + READ_BLOCK)
-                    )
+                async for block in read_blocks(self.storage, part_path(upload.id, start), size):
                     md5.update(block)
                     yield block
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import msgspec
 import pytest
 
 from backends.errors import BadMedia
@@ -25,8 +26,6 @@ FACTS = MediaFacts(
 
 
 def _with(**changes: object) -> MediaFacts:
-    import msgspec
-
     return msgspec.structs.replace(FACTS, **changes)
 
 

@@ -17,7 +17,7 @@ from backends import paths
 from backends.blocking import BlockingRunner
 from backends.errors import MediaNotFound
 from backends.storage import azure, http, memory, s3
-from backends.storage.base import Entry, Kind, ObjectInfo, ScatterRead, Storage
+from backends.storage.base import Entry, Kind, ObjectInfo, ScatterRead, Storage, read_blocks
 from backends.storage.local import LocalStorage
 from backends.storage.remote import ObjectStore, RemoteOptions, RemoteStorage
 from backends.storage.retry import RetryPolicy, deadline_scope
@@ -35,6 +35,7 @@ __all__ = [
     "deadline_scope",
     "display_url",
     "open_storage",
+    "read_blocks",
 ]
 
 SCHEMES = ("file", "memory", "az", "abfs", "abfss", "s3", "s3a", "http", "https")

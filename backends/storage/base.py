@@ -6,7 +6,7 @@ checked by ``backends.paths.clean``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -84,3 +84,15 @@ def scatter(data: bytes | memoryview, buffers: Sequence[memoryview]) -> None:
     for buffer in buffers:
         buffer[:] = view[pos : pos + len(buffer)]
         pos += len(buffer)
+
+
+READ_BLOCK = 8 * 1024 * 1024
+
+
+async def read_blocks(
+    storage: Storage, path: str, size: int, block: int = READ_BLOCK
+) -> AsyncIterator[bytes]:
+    """The first ``size`` bytes of ``path`` in ``block``-sized reads: a whole object through
+    bounded memory (joining upload parts, copying an original to a local file)."""
+    for start in range(0, size, block):
+        yield await storage.read_range(path, start, min(size, start + block))

@@ -41,12 +41,9 @@ def user_out(user: User) -> UserOut:
     )
 
 
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def _no_content() -> Response:
-    return Response(status_code=204, headers={"cache-control": "no-store"})
+def client_key(request: Request) -> str:
+    """What per-IP rate limits count against."""
+    return http.client_ip(request) or "unknown"
 
 
 class AccountRoutes:
@@ -93,14 +90,14 @@ class AccountRoutes:
 
     async def register(self, request: Request) -> Response:
         accounts = self.accounts
-        await self.limits.hit("register", client_ip(request))
+        await self.limits.hit("register", client_key(request))
         wanted = await http.body(request, Credentials)
         user = await accounts.register(wanted.email, wanted.password)
         return http.json(user_out(user), 201)
 
     async def login(self, request: Request) -> Response:
         accounts = self.accounts
-        await self.limits.hit("login", client_ip(request))
+        await self.limits.hit("login", client_key(request))
         wanted = await http.body(request, SignIn)
         issued = await accounts.login(wanted.email, wanted.password)
         return self._session(issued, wanted.cookie)
@@ -121,7 +118,7 @@ class AccountRoutes:
         wanted = await http.body(request, LogoutRequest)
         token = wanted.refresh_token or request.cookies.get(REFRESH_COOKIE)
         await self.accounts.sessions.end(who, token)
-        response = _no_content()
+        response = http.no_content()
         self.identity.clear_cookies(response)
         return response
 
@@ -142,7 +139,7 @@ class AccountRoutes:
 
     async def request_reset(self, request: Request) -> Response:
         accounts = self.accounts
-        await self.limits.hit("reset", client_ip(request))
+        await self.limits.hit("reset", client_key(request))
         wanted = await http.body(request, ResetRequest)
         try:
             address = passwords.normalize_email(wanted.email)
@@ -155,10 +152,10 @@ class AccountRoutes:
 
     async def reset(self, request: Request) -> Response:
         accounts = self.accounts
-        await self.limits.hit("reset", client_ip(request))
+        await self.limits.hit("reset", client_key(request))
         wanted = await http.body(request, PasswordReset)
         await accounts.reset(wanted.token, wanted.new_password)
-        return _no_content()
+        return http.no_content()
 
     # Admin ----------------------------------------------------------------------------------
 
@@ -183,4 +180,4 @@ class AccountRoutes:
         if await self.catalog.get_user(user_id) is None:
             raise NotFound("no such user")
         await self.accounts.set_disabled(user_id, request.url.path.endswith("/disable"))
-        return _no_content()
+        return http.no_content()

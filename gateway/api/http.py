@@ -43,6 +43,15 @@ def json(value: object, status: int = 200, headers: dict[str, str] | None = None
     return Response(msgspec.json.encode(value), status, all_headers, media_type=JSON)
 
 
+def no_content() -> Response:
+    return Response(status_code=204, headers={"cache-control": "no-store"})
+
+
+def client_ip(request: Request) -> str | None:
+    """The address the request came from (the peer: a proxy's, behind one)."""
+    return request.client.host if request.client else None
+
+
 def integer(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:

@@ -32,7 +32,7 @@ class PlaybackGrants:
         if wanted.bind_ip:
             if cidr is not None:
                 raise InvalidRequest("give bind_ip or cidr, not both")
-            cidr = request.client.host if request.client else None
+            cidr = http.client_ip(request)
             if cidr is None:
                 raise InvalidRequest("this connection has no client address to bind to")
         expires = int(time.time()) + (wanted.ttl or self.ttl)

@@ -54,7 +54,7 @@ class Social:
         if comment.user_id != who.user_id and not who.admin:
             raise Forbidden("only its author or an admin may delete a comment")
         await social.delete_comment(self.catalog, comment)
-        return Response(status_code=204, headers={"cache-control": "no-store"})
+        return http.no_content()
 
     async def like(self, request: Request) -> Response:
         who = await self.videos.me(request)

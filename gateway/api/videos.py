@@ -105,7 +105,7 @@ class Videos:
             raise Forbidden("only the owner or an admin may delete this video")
         await self.catalog.delete_video(video.id)
         await self._remove_files(video)
-        return Response(status_code=204, headers={"cache-control": "no-store"})
+        return http.no_content()
 
     async def _remove_files(self, video: Video) -> None:
         """Storage objects and cached copies of a deleted video. The catalog row is gone
