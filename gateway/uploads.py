@@ -7,6 +7,9 @@ lands on another replica); the catalog row holds the offset and admits one write
 A PATCH cut off mid-way keeps what arrived, as tus asks. After the last byte the parts are
 joined into ``videos/{video id}/original/{filename}`` with the MD5 computed on the way, the video
 becomes ``uploaded`` and the parts are deleted.
+
+On a local folder the PATCHes append to the first part instead and the finished part is renamed
+into place: no join, and, when every PATCH reached this process, no second read for the MD5.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -27,8 +31,8 @@ from auth.tokens import Principal
 from backends.catalog import Catalog, Video, VideoChanges
 from backends.catalog import uploads as store
 from backends.catalog.records import storage_folder
-from backends.errors import ClipSyncError, Conflict, Forbidden, NotFound
-from backends.storage import Storage, read_blocks
+from backends.errors import ClipSyncError, Conflict, Forbidden, MediaNotFound, NotFound
+from backends.storage import ObjectInfo, Storage, read_blocks
 from gateway import tus
 from gateway.api.identity import Identity
 
@@ -58,11 +62,23 @@ def part_path(upload_id: str, offset: int) -> str:
     return f"uploads/{upload_id}/{offset:020d}"
 
 
+@runtime_checkable
+class Folder(Protocol):
+    """A store that can write into an existing file and rename (a local folder)."""
+
+    async def append(self, path: str, at: int, chunks: AsyncIterable[bytes]) -> ObjectInfo: ...
+
+    async def move(self, source: str, target: str) -> ObjectInfo: ...
+
+
 def safe_filename(name: str | None) -> str:
     """A storage-safe file name from the client's (no folders, no control characters)."""
     base = unicodedata.normalize("NFC", (name or "").replace("\\", "/").rsplit("/", 1)[-1])
     cleaned = _UNSAFE.sub("_", base).strip(" .")[:200]
     return cleaned or "original"
+
+
+MAX_RUNNING_MD5 = 10_000  # uploads whose MD5 one process keeps running (about 2 MB)
 
 
 class Uploads:
@@ -85,6 +101,10 @@ class Uploads:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.hold = hold  # a writer's claim, renewed while its body streams
+        # The MD5 of each upload's bytes so far, while its PATCHes reach this process in
+        # order: the original's MD5 then costs no second read (a restart or another replica
+        # in between: the join computes it).
+        self._md5: dict[str, tuple[int, Any]] = {}
 
     def _headers(self, upload: store.Upload | None = None, **more: str) -> dict[str, str]:
         headers = {"tus-resumable": tus.VERSION, "cache-control": "no-store", **more}
@@ -164,6 +184,7 @@ class Uploads:
         upload = await self._mine(request)
         tus.check_version(request.headers)
         await store.remove(self.catalog, upload.id)
+        self._md5.pop(upload.id, None)
         await self._drop_parts(upload.id)
         return Response(status_code=204, headers=self._headers())
 
@@ -184,6 +205,9 @@ class Uploads:
         if not await store.claim(self.catalog, upload.id, offset, self.hold):
             raise Conflict("another request is writing to this upload: HEAD it, then resume")
         digest = hashlib.new(wanted[0], usedforsecurity=False) if wanted else None
+        at, md5 = self._md5.pop(upload.id, (0, hashlib.md5(usedforsecurity=False)))
+        if at != offset:
+            md5 = None  # some bytes went through another process: the join hashes them
         received = 0
 
         async def body() -> AsyncIterator[bytes]:
@@ -197,6 +221,8 @@ class Uploads:
                     received += len(chunk)
                     if digest is not None:
                         digest.update(chunk)
+                    if md5 is not None:
+                        md5.update(chunk)
                     yield chunk
             except ClientDisconnect:
                 if digest is not None:  # a partial chunk cannot match its checksum
@@ -208,24 +234,43 @@ class Uploads:
         renewing = asyncio.create_task(self._renew(upload.id, offset))
         stored = 0
         try:
-            await self.storage.write(part_path(upload.id, offset), body())
+            if isinstance(self.storage, Folder) and await self._grows(upload.id, offset):
+                await self.storage.append(part_path(upload.id, 0), offset, body())
+            else:
+                await self.storage.write(part_path(upload.id, offset), body())
             stored = received
+            if md5 is not None and stored:
+                self._md5[upload.id] = (offset + stored, md5)
+                if len(self._md5) > MAX_RUNNING_MD5:  # uploads that moved to other replicas
+                    del self._md5[next(iter(self._md5))]
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
             await store.advance(self.catalog, upload.id, offset, stored)
         if offset + stored == upload.length:
-            await self._assemble(upload)
+            known = self._md5.pop(upload.id, None)
+            await self._assemble(upload, known[1].hexdigest() if known else None)
         return offset + stored
+
+    async def _grows(self, upload_id: str, offset: int) -> bool:
+        """Whether the PATCH at ``offset`` can append to the first part: it holds every byte
+        before ``offset`` (bytes past it were never accounted for: the append cuts them)."""
+        if offset == 0:
+            return True
+        try:
+            return (await self.storage.stat(part_path(upload_id, 0))).size >= offset
+        except MediaNotFound:
+            return False
 
     async def _renew(self, upload_id: str, offset: int) -> None:
         while True:
             await asyncio.sleep(self.hold / 3)
             await store.renew(self.catalog, upload_id, offset, self.hold)
 
-    async def _assemble(self, upload: store.Upload) -> None:
-        """Joins the parts into the original, MD5 on the way; the video becomes uploaded."""
+    async def _assemble(self, upload: store.Upload, known_md5: str | None = None) -> None:
+        """Joins the parts into the original, MD5 on the way (unless ``known_md5``); the video
+        becomes uploaded. The one part of a local folder is renamed into place."""
         parts = sorted(
             (int(e.name), e.size)
             for e in await self.storage.list(f"uploads/{upload.id}")
@@ -245,14 +290,22 @@ class Uploads:
                     yield block
 
         path = f"{storage_folder(upload.video_id)}/original/{upload.filename}"
-        await self.storage.write(path, joined())
+        if isinstance(self.storage, Folder) and len(parts) == 1:
+            if known_md5 is None:  # some PATCHes went through another process
+                async for _ in joined():
+                    pass
+                known_md5 = md5.hexdigest()
+            await self.storage.move(part_path(upload.id, 0), path)
+        else:
+            await self.storage.write(path, joined())
+            known_md5 = md5.hexdigest()
         await self.catalog.update_video(
             upload.video_id,
             VideoChanges(
                 status="uploaded",
                 original_path=path,
                 original_size=upload.length,
-                original_md5=md5.hexdigest(),
+                original_md5=known_md5,
             ),
         )
         await store.finish(self.catalog, upload.id)
@@ -266,6 +319,7 @@ class Uploads:
         gone = 0
         while expired := await store.expired(self.catalog):
             for upload in expired:
+                self._md5.pop(upload.id, None)
                 await self._drop_parts(upload.id)
                 await store.remove(self.catalog, upload.id)
                 gone += 1

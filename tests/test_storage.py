@@ -295,3 +295,27 @@ def test_widened_gap(
     from packager.samples import widened_gap
 
     assert widened_gap(np.array(holes, np.int64), wanted, gap, overfetch) == expected
+
+
+@pytest.mark.anyio
+async def test_local_append_writes_at_an_offset_and_cuts_back_on_error(tmp_path: Path) -> None:
+    storage = open_storage(StorageSettings(library=str(tmp_path)), BlockingRunner(1))
+    append = storage.append  # type: ignore[attr-defined]
+    assert (await append("u/part", 0, _chunks(b"abc", b"def"))).size == 6
+    assert (await append("u/part", 3, _chunks(b"XY"))).size == 5  # cut to 3, then written
+    assert (tmp_path / "u" / "part").read_bytes() == b"abcXY"
+    with pytest.raises(MediaNotFound, match="holds 5 bytes"):
+        await append("u/part", 9, _chunks(b"z"))
+    with pytest.raises(MediaNotFound):
+        await append("u/missing", 4, _chunks(b"z"))
+    with pytest.raises(MediaNotFound):
+        await append("../outside", 0, _chunks(b"z"))
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"h" * (2 * 1024 * 1024)  # past one write batch: it reaches the file
+        raise ValueError("the body was refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await append("u/part", 5, failing())
+    assert (tmp_path / "u" / "part").read_bytes() == b"abcXY"  # nothing of the failed write
+    await storage.close()
