@@ -41,6 +41,8 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 Secret = Annotated[str, Meta(max_length=8192)]
+# A ladder rung: "name:height:video kbit/s", e.g. "720p:720:3000" (the name is a path segment).
+LADDER_RUNG = r"^[A-Za-z0-9_-]{1,16}:[1-9][0-9]{1,3}:[1-9][0-9]{1,5}$"
 
 
 class StorageSettings(_Section, frozen=True):
@@ -194,6 +196,39 @@ class IngestSettings(_Section, frozen=True):
     upload_ttl_hours: Annotated[float, Meta(gt=0, le=24 * 30)] = 24.0
     # Storage each user may fill with originals and unfinished uploads (0: no limit).
     user_quota_gb: Annotated[float, Meta(ge=0)] = 50.0
+    # The transcode ladder, "name:height:video kbit/s" per rung; rungs above the source's
+    # height are skipped (a source below every rung gets one rung at its own size).
+    ladder: Annotated[
+        tuple[Annotated[str, Meta(pattern=LADDER_RUNG)], ...], Meta(min_length=1, max_length=12)
+    ] = ("1080p:1080:5000", "720p:720:3000", "480p:480:1500", "360p:360:800")
+    # libx264 preset: slower presets give smaller files for more CPU ("ultrafast" is left
+    # out: it cannot make the H.264 High profile players are promised).
+    x264_preset: Literal["superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"] = (
+        "veryfast"
+    )
+    # Seconds between storyboard thumbnails (the sprite sheets players show when seeking).
+    thumbnail_interval: Annotated[float, Meta(ge=1.0, le=600.0)] = 5.0
+
+
+class JobsSettings(_Section, frozen=True):
+    # Where processing jobs wait: "memory" (this process), "redis" (a Redis Streams consumer
+    # group that every gateway and `clipsync worker` shares), "auto" (redis when a Redis URL
+    # is configured here or in [cache]).
+    queue: Literal["auto", "memory", "redis"] = "auto"
+    redis_url: Annotated[str, Meta(max_length=4096)] = ""  # empty: cache.redis_url
+    redis_prefix: Annotated[str, Meta(min_length=1, max_length=128)] = "clipsync:"
+    # Jobs each gateway process runs itself (0: leave them to `clipsync worker` processes,
+    # which needs the Redis queue).
+    gateway_workers: Annotated[int, Meta(ge=0, le=64)] = 1
+    # Jobs one `clipsync worker` process runs at once (each transcode uses every core).
+    worker_concurrency: Annotated[int, Meta(ge=1, le=64)] = 1
+    # Attempts of a failing job before the video is marked failed (dead-letter stream).
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 5
+    backoff_seconds: Annotated[float, Meta(ge=0.0, le=86_400.0)] = 30.0  # doubles each time
+    backoff_max_seconds: Annotated[float, Meta(ge=0.0, le=7 * 86_400.0)] = 3600.0
+    # A job whose worker has not been heard of for this long is taken over by another.
+    claim_idle_seconds: Annotated[float, Meta(ge=0.5, le=86_400.0)] = 60.0
+    redis_timeout: Annotated[float, Meta(gt=0.0, le=300.0)] = 5.0  # per queue command
 
 
 class MailSettings(_Section, frozen=True):
@@ -203,6 +238,24 @@ class MailSettings(_Section, frozen=True):
     sender: Annotated[str, Meta(min_length=3, max_length=320)] = "ClipSync <no-reply@localhost>"
     timeout: Annotated[float, Meta(gt=0.0, le=300.0)] = 10.0  # one whole SMTP exchange
     outbox: str = ""  # empty: <storage.library>/.outbox
+
+
+class WebhookSettings(_Section, frozen=True):
+    # Deliveries to loopback, private, link-local and other non-public addresses are refused
+    # (checked at every attempt, on the address actually connected to); on for local setups.
+    allow_private: bool = False
+    timeout: Annotated[float, Meta(gt=0.0, le=120.0)] = 10.0  # one attempt, DNS included
+    # Attempts before a delivery is failed; between them min(backoff_max, backoff_base *
+    # 2^(n-1)) seconds, less up to a half at random.
+    max_attempts: Annotated[int, Meta(ge=1, le=50)] = 8
+    backoff_base: Annotated[float, Meta(ge=0.0, le=86_400.0)] = 10.0
+    backoff_max: Annotated[float, Meta(ge=0.0, le=7 * 86_400.0)] = 3600.0
+    max_per_user: Annotated[int, Meta(ge=1, le=1000)] = 10  # endpoints each user may have
+    concurrency: Annotated[int, Meta(ge=1, le=256)] = 8  # sends at once per process
+    # Seconds between looks for deliveries queued by other processes (this process's own
+    # are sent at once).
+    poll_interval: Annotated[float, Meta(gt=0.0, le=3600.0)] = 5.0
+    keep_days: Annotated[float, Meta(gt=0.0, le=3650.0)] = 30.0  # finished deliveries' log
 
 
 class ServerSettings(_Section, frozen=True):
@@ -230,6 +283,8 @@ class Settings(_Section, frozen=True):
     auth: AuthSettings = AuthSettings()
     mail: MailSettings = MailSettings()
     ingest: IngestSettings = IngestSettings()
+    jobs: JobsSettings = JobsSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     server: ServerSettings = ServerSettings()
     player: PlayerSettings = PlayerSettings()
 
@@ -284,9 +339,10 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _env_value(value: str) -> Any:
-    """Tables (``jwt_verify_keys``) come as JSON objects; everything else as text, which
-    validation converts (numbers, booleans) or refuses with the setting's name."""
-    if value.lstrip().startswith("{"):
+    """Tables (``jwt_verify_keys``) and lists (``ingest.ladder``) come as JSON objects and
+    arrays; everything else as text, which validation converts (numbers, booleans) or refuses
+    with the setting's name."""
+    if value.lstrip().startswith(("{", "[")):
         try:
             return json.loads(value)
         except ValueError:

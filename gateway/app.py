@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -25,6 +24,7 @@ from backends.cache import metrics as cache_metrics
 from backends.cache import open_cache
 from backends.catalog import Catalog, engines, views
 from backends.errors import ClipSyncError
+from backends.jobs import open_queue
 from backends.storage import Storage, open_storage
 from conf import Settings, load_resolved
 from gateway import errors, uploads
@@ -38,15 +38,21 @@ from gateway.cors import PublicCORS
 from gateway.form_upload import FormUploads
 from gateway.ingest import Ingest
 from gateway.library import Library
+from gateway.notices import OwnerNotices, notifier_for, public_url
+from gateway.processing import pipeline_for
 from gateway.ranges import RangeNotSatisfiable
 from gateway.routes import VodRoutes, healthz, metrics_page, player_page
+from gateway.thumbnails import ThumbnailRoutes
+from gateway.webhooks import Webhooks
 
 log = logging.getLogger("clipsync.gateway")
 UPLOAD_CLEAN_INTERVAL = 300.0  # seconds between sweeps of expired uploads (each worker)
-DATA = Path("data")  # where the mail outbox goes by default, beside the default catalog
+SWEEP_INTERVAL = 300.0  # seconds between looks for unfinished videos that lost their job
 
 
-def _accounts(settings: Settings, catalog: Catalog) -> tuple[Identity, AccountRoutes]:
+def _accounts(
+    settings: Settings, catalog: Catalog, notifier: notify.Notifier
+) -> tuple[Identity, AccountRoutes]:
     """Sign-in, sessions and rate limits as configured (no jwt_secret: no accounts)."""
     auth = settings.auth
     tokens = access_tokens(auth)
@@ -65,15 +71,14 @@ def _accounts(settings: Settings, catalog: Catalog) -> tuple[Identity, AccountRo
         identity = Identity(None, None, auth.cookie_secure)
         return identity, AccountRoutes(catalog, None, identity, limits, auth.refresh_ttl)
     sessions = Sessions(catalog, tokens, auth.refresh_ttl)
-    public = auth.public_url.rstrip("/") or f"http://{settings.server.host}:{settings.server.port}"
     policy = AccountPolicy(
         password_cost=auth.password_cost,
         lockout_failures=auth.lockout_failures,
         lockout_seconds=auth.lockout_minutes * 60,
         reset_ttl=auth.reset_ttl,
-        reset_url=f"{public}/reset-password",
+        reset_url=f"{public_url(settings)}/reset-password",
     )
-    accounts = Accounts(catalog, sessions, notify.from_settings(settings.mail, DATA), policy)
+    accounts = Accounts(catalog, sessions, notifier, policy)
     identity = Identity(tokens, sessions, auth.cookie_secure)
     return identity, AccountRoutes(catalog, accounts, identity, limits, auth.refresh_ttl)
 
@@ -93,12 +98,19 @@ def create_app(
     signer = playback_signer(settings)
     playback = CatalogAssets(library, catalog, signer)
     videos = VodRoutes(library, playback)
+    thumbs = ThumbnailRoutes(library, playback)
     seen = views.SharedSeen(cache.redis) if cache.redis is not None else views.Seen()
     aggregator = views.ViewAggregator(catalog, seen)
-    identity, account_routes = _accounts(settings, catalog)
+    notifier = notifier_for(settings)
+    identity, account_routes = _accounts(settings, catalog, notifier)
     vod = VodRoutes(library, PathAssets(library, signer, settings.vod.require_token))
     admin = Admin(library, settings.server.admin_token, identity)
-    processing = Ingest(catalog, storage, runner)
+    hooks = Webhooks(catalog, settings.webhooks)
+    queue = open_queue(settings.jobs, settings.cache.redis_url, settings.jobs.gateway_workers)
+
+    notices = OwnerNotices(catalog, hooks, notifier, public_url(settings))
+    pipeline = pipeline_for(settings, catalog, storage, runner, library, notices)
+    processing = Ingest(queue, catalog, pipeline, settings.jobs.gateway_workers)
     form = FormUploads(
         catalog,
         storage,
@@ -118,6 +130,7 @@ def create_app(
     )
     routes = [
         Route("/vod/{path:path}", vod.handle, methods=["GET", "HEAD"]),
+        *thumbs.routes(),  # before the /v/ catch-all
         Route("/v/{path:path}", videos.handle, methods=["GET", "HEAD"]),
         Route("/player", player_page(settings.player.hlsjs_url), methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
@@ -140,6 +153,7 @@ def create_app(
             aggregator,
             signer,
             settings.auth.playback_ttl,
+            hooks,
         ),
     ]
     middleware = [Middleware(PublicCORS)]
@@ -154,8 +168,12 @@ def create_app(
         """What the gateway finishes and closes on its way out (also run by in-process tests,
         where no lifespan runs)."""
         await account_routes.settle()  # reset emails being sent
+        pipeline.stop.set()  # transcodes end at their next frame; their jobs go back
         await processing.settle()  # uploads being validated
+        await queue.close()
+        await notifier.close()  # no more reset emails or owner notices
         await aggregator.close()  # the view counts not written yet
+        await hooks.close()  # webhook attempts under way
         await cache.close()  # pending cache writes, the purge subscription, Redis connections
         await account_routes.limits.close()
         await catalog.close()
@@ -163,11 +181,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        cleaning = asyncio.create_task(ingest.cleaner(UPLOAD_CLEAN_INTERVAL))
+        background = [
+            asyncio.create_task(ingest.cleaner(UPLOAD_CLEAN_INTERVAL)),
+            asyncio.create_task(processing.run(SWEEP_INTERVAL)),
+            asyncio.create_task(hooks.run()),
+        ]
         yield
-        cleaning.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleaning
+        pipeline.stop.set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await shutdown()
 
     app = Starlette(
@@ -178,6 +201,8 @@ def create_app(
     app.state.views = aggregator
     app.state.uploads = ingest
     app.state.ingest = processing
+    app.state.pipeline = pipeline
+    app.state.webhooks = hooks
     app.state.shutdown = shutdown
     return app
 

@@ -1,9 +1,12 @@
-"""``clipsync``: serve the gateway, or generate and serve the demo."""
+"""``clipsync``: serve the gateway or the demo, run workers, ingest a file, sign URLs, migrate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,6 +80,24 @@ def parser() -> argparse.ArgumentParser:
     )
     db.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
     db.add_argument("--catalog", help="catalog database URL (sqlite:///file or postgresql://...)")
+    worker = commands.add_parser("worker", help="take processing jobs from the Redis queue")
+    worker.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
+    worker.add_argument("--library", help="folder or storage URL of the media library")
+    worker.add_argument("--redis", help="Redis URL of the job queue (default cache.redis_url)")
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default 1)")
+    ingest = commands.add_parser(
+        "ingest", help="upload a local file to a gateway and follow its processing"
+    )
+    ingest.add_argument("file", type=Path, help="the video file")
+    ingest.add_argument("--title", help="the video's title (default: the file's name)")
+    ingest.add_argument("--privacy", choices=["public", "unlisted", "private"], default="private")
+    ingest.add_argument("--to", help="the gateway's URL (default auth.public_url or host:port)")
+    ingest.add_argument("--token", help="an access token (also CLIPSYNC_TOKEN)")
+    ingest.add_argument("--email", help="sign in as (password: CLIPSYNC_PASSWORD or a prompt)")
+    ingest.add_argument("--chunk-mb", type=int, default=8, help="MB per PATCH (default 8)")
+    ingest.add_argument("--no-wait", action="store_true", help="stop once uploaded")
+    ingest.add_argument("--state", type=Path, help="file remembering uploads to resume")
+    ingest.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
     sign = commands.add_parser("sign", help="print a signed playback URL for a library path")
     sign.add_argument("path", help="a file (movies/a.mp4) or a folder (movies/b/) of the library")
     sign.add_argument("--config", help="TOML settings file (also CLIPSYNC_CONFIG)")
@@ -224,6 +245,62 @@ def _serve(settings: Settings) -> None:
     ).serve()
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from gateway import worker
+
+    chosen = {
+        ("storage", "library"): args.library,
+        ("jobs", "redis_url"): args.redis,
+        ("jobs", "worker_concurrency"): args.concurrency,
+    }
+    overrides: dict[str, dict[str, Any]] = {}
+    for (section, key), value in chosen.items():
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    settings = load(args.config, overrides=overrides)
+    _prepare_catalog(settings.catalog.url)  # as the gateway: the newest schema, or a message
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(worker.run(settings))
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    """``clipsync ingest``: a creator's upload from the command line (gateway.ingest_client)."""
+    from gateway import ingest_client
+    from gateway.notices import public_url
+
+    base = args.to
+    if base is None:
+        base = public_url(load(args.config)).replace("//0.0.0.0:", "//127.0.0.1:")
+    token = args.token or os.environ.get("CLIPSYNC_TOKEN")
+    password = os.environ.get("CLIPSYNC_PASSWORD")
+    if not token and args.email and not password:
+        password = getpass.getpass(f"password for {args.email}: ")
+    if args.chunk_mb < 1:
+        raise SettingsError("--chunk-mb: at least 1")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    options = ingest_client.Options(
+        file=args.file,
+        base=base,
+        title=args.title or args.file.stem or args.file.name,
+        privacy=args.privacy,
+        token=token,
+        email=args.email,
+        password=password,
+        chunk_bytes=args.chunk_mb * 1024 * 1024,
+        wait=not args.no_wait,
+        state=args.state or cache / "clipsync" / "uploads.json",
+    )
+    try:
+        return ingest_client.run(options)
+    except ingest_client.IngestError as exc:
+        print(f"clipsync ingest: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nclipsync ingest: interrupted; run the same command to resume", file=sys.stderr)
+        return 130
+
+
 def _prepare_catalog(url: str) -> str:
     """Start-up check of the catalog: an empty embedded SQLite file gets the schema; any other
     database must be at the newest revision, or serve stops with what to do."""
@@ -243,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _db(args.action, load(args.config, overrides=overrides))
         if args.command == "sign":
             return _sign(args, load(args.config))
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "ingest":
+            return _ingest(args)
         settings = load(args.config, overrides=_overrides(args))
         if args.command == "demo":
             library = settings.storage.library.removeprefix("file://")

@@ -1,12 +1,10 @@
-"""After the last byte of an upload: judge the original by its content and make it playable.
+"""After the last byte of an upload: judge the original at once, then queue the ladder job.
 
-``validate`` probes the stored original (PyAV, in a thread, on a local copy when the library
-is remote), applies the rules, and either fails the video with the reason or records what it
-is. An H.264/AAC MP4 original becomes ``playable`` at once as a single rendition, packaged just
-in time like any library file; anything else waits for the ladder as ``processing``.
-
-Runs in-process after the upload completes; the job queue (Redis Streams) will run the same
-function with at-least-once delivery.
+``Ingest.start`` validates the stored original right away in this process (a probe takes a
+fraction of a second, so an H.264/AAC MP4 becomes ``playable`` seconds after its upload) and
+then submits the job that transcodes the ladder. ``Ingest.run`` is the gateway's share of the
+work: ``jobs.gateway_workers`` consumers of the queue, and a sweep that submits again what a
+restart or a lost submission left unfinished.
 """
 
 from __future__ import annotations
@@ -17,14 +15,19 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from backends.blocking import BlockingRunner
-from backends.catalog import Catalog, Rendition, VideoChanges
+from backends.catalog import Catalog, Rendition, VideoChanges, processing
+from backends.catalog.records import Video
 from backends.errors import BadMedia, ClipSyncError
+from backends.jobs import Job, JobQueue, MemoryQueue
 from backends.storage import Storage, read_blocks
 from packager import probe
 
 log = logging.getLogger("clipsync.ingest")
+# A video unfinished and untouched this long lost its job (Redis queue): submit it again.
+LOST_AFTER = 3600.0
 
 
 @contextlib.asynccontextmanager
@@ -45,56 +48,113 @@ async def local_copy(storage: Storage, path: str, size: int) -> AsyncIterator[st
             os.unlink(name)
 
 
+async def judge(
+    runner: BlockingRunner, path: str, video: Video
+) -> tuple[VideoChanges, list[Rendition]]:
+    """What the original at ``path`` makes of ``video``: failed with the reason, playable as
+    a single rendition (H.264/AAC MP4), or processing (waiting for the ladder)."""
+    try:
+        facts = await runner.run(probe.probe, path)
+        probe.check(facts)
+    except BadMedia as exc:
+        return VideoChanges(status="failed", failure_reason=str(exc)), []
+    duration_ms = round(facts.duration * 1000)
+    if not probe.plays_as_is(facts) or video.original_path is None:
+        changes = VideoChanges(
+            status="processing", duration_ms=duration_ms, width=facts.width, height=facts.height
+        )
+        return changes, []
+    size = video.original_size or 0
+    original = Rendition(
+        name="original",
+        path=video.original_path,
+        bandwidth=max(1, round(size * 8 / facts.duration)),
+        width=facts.width,
+        height=facts.height,
+    )
+    changes = VideoChanges(
+        status="playable", duration_ms=duration_ms, width=facts.width, height=facts.height
+    )
+    return changes, [original]
+
+
+class Validator(Protocol):
+    async def validate(self, video_id: str) -> Video | None: ...
+
+    async def handle(self, job: Job) -> None: ...
+
+    async def give_up(self, job: Job, reason: str) -> None: ...
+
+
 class Ingest:
-    def __init__(self, catalog: Catalog, storage: Storage, runner: BlockingRunner) -> None:
+    def __init__(
+        self, queue: JobQueue, catalog: Catalog, pipeline: Validator, workers: int
+    ) -> None:
+        self.queue = queue
         self.catalog = catalog
-        self.storage = storage
-        self.runner = runner
-        self._running: set[asyncio.Task[None]] = set()
+        self.pipeline = pipeline
+        self.workers = workers
+        self._starting: set[asyncio.Task[None]] = set()
 
     def start(self, video_id: str) -> None:
-        """Validates ``video_id`` in the background (the upload's answer does not wait)."""
-        task = asyncio.create_task(self.validate(video_id))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        """Called when an upload completes (the upload's answer does not wait)."""
+        task = asyncio.create_task(self._start(video_id))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start(self, video_id: str) -> None:
+        try:
+            video = await self.pipeline.validate(video_id)
+        except ClipSyncError as exc:  # storage or catalog away: the job validates later
+            log.warning("validating video %s failed: %s", video_id, exc)
+            video = await self.catalog.get_video(video_id)
+        except Exception:
+            log.exception("validating video %s failed", video_id)
+            return
+        if video is None or video.status == "failed":
+            return
+        await self.submit(video_id)
+
+    async def submit(self, video_id: str) -> None:
+        for attempt in range(6):  # the queue (Redis) may be away for a moment
+            try:
+                await self.queue.submit(Job(video_id=video_id))
+                return
+            except ClipSyncError as exc:
+                log.warning("queueing video %s failed: %s", video_id, exc)
+                await asyncio.sleep(min(30.0, 2.0**attempt))
+        log.error("video %s not queued; the next sweep will try again", video_id)
 
     async def settle(self) -> None:
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        """Wait for the validations under way (tests, shutdown)."""
+        if self._starting:
+            await asyncio.gather(*self._starting, return_exceptions=True)
 
-    async def validate(self, video_id: str) -> None:
-        video = await self.catalog.get_video(video_id)
-        if video is None or video.original_path is None or video.status != "uploaded":
-            return  # deleted meanwhile, or already judged (a repeated job)
-        try:
-            async with local_copy(
-                self.storage, video.original_path, video.original_size or 0
-            ) as path:
-                facts = await self.runner.run(probe.probe, path)
-            probe.check(facts)
-        except BadMedia as exc:
-            await self.catalog.update_video(
-                video_id, VideoChanges(status="failed", failure_reason=str(exc))
-            )
-            return
-        except ClipSyncError as exc:  # storage trouble: leave it 'uploaded' for a retry
-            log.warning("validating video %s failed: %s", video_id, exc)
-            return
-        known = VideoChanges(
-            duration_ms=round(facts.duration * 1000), width=facts.width, height=facts.height
-        )
-        await self.catalog.update_video(video_id, known)
-        if probe.plays_as_is(facts):
-            size = video.original_size or 0
-            bandwidth = max(1, round(size * 8 / facts.duration)) if facts.duration else 1
-            original = Rendition(
-                name="original",
-                path=video.original_path,
-                bandwidth=bandwidth,
-                width=facts.width,
-                height=facts.height,
-            )
-            await self.catalog.set_renditions(video_id, [original])
-            await self.catalog.update_video(video_id, VideoChanges(status="playable"))
-        else:
-            await self.catalog.update_video(video_id, VideoChanges(status="processing"))
+    async def sweep(self, older_than: float) -> int:
+        """Submit again the unfinished videos nobody works on; the count submitted."""
+        lost = await processing.unfinished(self.catalog, older_than)
+        for video_id in lost:
+            await processing.touch(self.catalog, video_id)  # one resubmission per period
+            await self.submit(video_id)
+        return len(lost)
+
+    async def run(self, sweep_every: float) -> None:
+        """The gateway's workers and sweeps, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            if self.workers:
+                group.create_task(
+                    self.queue.work(self.pipeline.handle, self.pipeline.give_up, self.workers)
+                )
+            group.create_task(self._sweeping(sweep_every))
+
+    async def _sweeping(self, every: float) -> None:
+        # An in-process queue starts empty: every unfinished video is this process's to redo.
+        memory = isinstance(self.queue, MemoryQueue)
+        first = True
+        while True:
+            try:
+                await self.sweep(0.0 if memory and first else LOST_AFTER)
+            except ClipSyncError as exc:
+                log.warning("sweep of unfinished videos failed: %s", exc)
+            first = False
+            await asyncio.sleep(every)

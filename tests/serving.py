@@ -29,7 +29,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         for key, value in values.items():
             if isinstance(value, bool):
                 text = str(value).lower()
-            elif isinstance(value, dict):
+            elif isinstance(value, dict | list | tuple):
                 text = msgspec.json.encode(value).decode()
             else:
                 text = str(value)

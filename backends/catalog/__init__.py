@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backends.catalog import engine as engines
-from backends.catalog import search, social
+from backends.catalog import processing, search, social
 from backends.catalog.engine import CatalogURLError
 from backends.catalog.migrate import (
     CatalogOutdated,
@@ -33,6 +33,7 @@ __all__ = [
     "downgrade",
     "engines",
     "prepare",
+    "processing",
     "search",
     "social",
     "state",

@@ -29,6 +29,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     role: Role
     disabled: bool
     created_at: datetime
+    notify_ready: bool = False  # email me when a video of mine is ready or failed
 
 
 class Rendition(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +60,7 @@ class Video(msgspec.Struct, frozen=True, kw_only=True):
     comments: int
     created_at: datetime
     updated_at: datetime
+    progress: int = 0  # percent of processing done (100 once ready)
     renditions: list[Rendition] = []
 
 

@@ -23,9 +23,11 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -68,6 +70,8 @@ users = Table(
     _when("updated_at"),
     # Access tokens carry the epoch they were issued in: raising it ends every session.
     Column("session_epoch", Integer, nullable=False, server_default="0"),
+    # The owner asked to be emailed when a video of theirs is ready (or failed).
+    Column("notify_ready", Boolean, nullable=False, server_default="0"),
     CheckConstraint("role IN ('user', 'admin')", name="role"),
 )
 
@@ -138,6 +142,10 @@ videos = Table(
     Column("comments", BigInteger, nullable=False, server_default="0"),
     _when("created_at"),
     _when("updated_at"),
+    Column("progress", SmallInteger, nullable=False, server_default="0"),  # percent processed
+    # The worker processing the video holds it until then (renewed while it works).
+    Column("job_owner", String(64)),
+    _when("job_until", nullable=True),
     CheckConstraint("privacy IN ('public', 'unlisted', 'private')", name="privacy"),
     CheckConstraint(
         "status IN ('uploading', 'uploaded', 'processing', 'playable', 'ready', 'failed')",
@@ -237,4 +245,54 @@ uploads = Table(
     _when("writer_until", nullable=True),  # a PATCH is appending until then
     _when("completed_at", nullable=True),
     Index("ix_uploads_expires_at", "expires_at"),
+)
+
+
+# Each user's webhook endpoints; the secret signs every delivery (so it is kept as given).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    _owner(),
+    Column("url", String(2048), nullable=False),
+    Column("events", JSON, nullable=False),  # list of event names
+    Column("secret", String(128), nullable=False),
+    _when("created_at"),
+    Index("ix_webhooks_user_id", "user_id"),
+)
+
+# One row per event and endpoint: the delivery log, and the senders' work queue (pending rows
+# whose next_attempt_at has come; claiming one moves next_attempt_at past the attempt).
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("webhook_id", String(32), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", String(32), nullable=False),  # Webhook-Id: the same on every attempt
+    Column("event", String(32), nullable=False),
+    Column("payload", Text, nullable=False),  # the exact body signed and sent
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_status", Integer),  # HTTP status of the last answer
+    Column("last_error", String(500)),
+    Column("sender", String(64)),  # the process holding the current attempt
+    _when("created_at"),
+    _when("last_attempt_at", nullable=True),
+    _when("next_attempt_at", nullable=True),
+    _when("delivered_at", nullable=True),
+    CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+    UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_event"),
+    Index("ix_webhook_deliveries_log", "webhook_id", "created_at"),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+)
+
+# The emails sent to a video's owner (gateway.notices): one row per video and event, written
+# before the email goes out, so an event announced twice (a job run twice) is mailed once.
+notices_sent = Table(
+    "notices_sent",
+    metadata,
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("event", String(32), nullable=False),
+    _when("sent_at"),
+    PrimaryKeyConstraint("video_id", "event"),
 )

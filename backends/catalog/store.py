@@ -106,16 +106,21 @@ def _renditions_sqlite(element: _RenditionsJson, compiler: SQLCompiler, **kw: An
     )
 
 
-# What a Video is read from: every column but the text the search index is built from, and its
-# renditions.
+# What a Video is read from: every column but the text the search index is built from and the
+# processing lease, and its renditions.
+_HIDDEN = ("tags_text", "job_owner", "job_until")
 _VIDEO_COLUMNS = [
-    *(c for c in schema.videos.c if c.name != "tags_text"),
+    *(c for c in schema.videos.c if c.name not in _HIDDEN),
     _RenditionsJson().label("renditions"),
 ]
 # Built once: SQLAlchemy then reuses their cache keys and compiled forms.
 _BY_ID = select(*_VIDEO_COLUMNS).where(schema.videos.c.id == bindparam("video_id"))
 _BY_IDS = select(*_VIDEO_COLUMNS).where(schema.videos.c.id.in_(bindparam("ids", expanding=True)))
 _RENDITIONS = msgspec.json.Decoder(list[Rendition])
+
+
+# What a User is read from (never the password hash or the session epoch).
+_USER_COLUMNS = [schema.users.c[name] for name in User.__struct_fields__]
 
 
 def _video_of(row: Any) -> Video:
@@ -161,12 +166,32 @@ class Catalog:
     async def get_user(self, user_id: str) -> User | None:
         if not possible_id(user_id):
             return None
-        t = schema.users
-        query = select(t.c.id, t.c.email, t.c.role, t.c.disabled, t.c.created_at).where(
-            t.c.id == user_id
-        )
+        query = select(*_USER_COLUMNS).where(schema.users.c.id == user_id)
         async with self.reader.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None
+        return User(**{**row, "created_at": aware(row["created_at"])})
+
+    async def set_notify_ready(self, user_id: str, notify_ready: bool) -> User | None:
+        """Whether the user is emailed when a video of theirs is ready or failed; the user
+        after, or None when there is no such user."""
+        if not possible_id(user_id):
+            return None
+        t = schema.users
+        async with self.engine.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        update(t)
+                        .where(t.c.id == user_id)
+                        .values(notify_ready=notify_ready, updated_at=_now())
+                        .returning(*_USER_COLUMNS)
+                    )
+                )
+                .mappings()
+                .first()
+            )
         if row is None:
             return None
         return User(**{**row, "created_at": aware(row["created_at"])})
@@ -176,7 +201,7 @@ class Catalog:
     ) -> tuple[list[User], tuple[Any, str] | None]:
         """Every user, newest first (admin listing), and where the next page starts."""
         t = schema.users
-        query = select(t.c.id, t.c.email, t.c.role, t.c.disabled, t.c.created_at)
+        query = select(*_USER_COLUMNS)
         if after is not None:
             query = query.where(tuple_(t.c.created_at, t.c.id) < tuple_(*after))
         query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)

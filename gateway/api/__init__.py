@@ -10,6 +10,7 @@ from backends.catalog import Catalog
 from backends.catalog.views import ViewAggregator
 from backends.storage import Storage
 from gateway.api.account_models import (
+    AccountUpdate,
     Credentials,
     LogoutRequest,
     PasswordChange,
@@ -25,6 +26,7 @@ from gateway.api.account_models import (
 )
 from gateway.api.accounts import AccountRoutes
 from gateway.api.analytics import Analytics
+from gateway.api.events import EVENTS, TIMEOUT, VideoEvents
 from gateway.api.identity import Identity
 from gateway.api.models import (
     Accepted,
@@ -44,7 +46,9 @@ from gateway.api.playback import PlaybackGrants
 from gateway.api.social import Social
 from gateway.api.spec import Endpoint, Param, doc_routes, routes
 from gateway.api.videos import Videos
+from gateway.api.webhooks import WebhookRoutes, webhook_endpoints
 from gateway.assets import CatalogAssets
+from gateway.webhooks import Webhooks
 
 VIDEO_ID = Param("video_id", "path", {"type": "string", "maxLength": 64})
 COMMENT_ID = Param("comment_id", "path", {"type": "string", "maxLength": 64})
@@ -79,6 +83,9 @@ def account_endpoints(a: AccountRoutes, grants: PlaybackGrants) -> list[Endpoint
           status=204, body=LogoutRequest, auth="required", errors=(400, 401, 403, 413)),
         e("GET", "/auth/me", "The signed-in account", a.me, response=UserOut, auth="required",
           errors=(401,)),
+        e("PATCH", "/auth/me", "Change my account's settings (notify_ready: email me when a "
+          "video is ready or failed)", a.update_me, response=UserOut, body=AccountUpdate,
+          auth="required", errors=(400, 401, 403, 413)),
         e("POST", "/auth/password", "Change my password: every session ends, a new one starts",
           a.change_password, response=SessionOut, body=PasswordChange, auth="required",
           errors=(400, 401, 403, 413)),
@@ -107,6 +114,10 @@ def endpoints(videos: Videos, social: Social, analytics: Analytics) -> list[Endp
           response=VideoPage, params=(SORT, *PAGE)),
         e("GET", "/videos/{video_id}", "A video", videos.get,
           response=VideoOut, auth="optional", params=(VIDEO_ID,), errors=(401, 404)),
+        e("GET", "/videos/{video_id}/events",
+          "Live status and progress as Server-Sent Events (owner or admin)",
+          VideoEvents(videos).stream, events=EVENTS, auth="required",
+          params=(VIDEO_ID, TIMEOUT), errors=(400, 403, 404)),
         e("PATCH", "/videos/{video_id}", "Change a video (owner)", videos.update,
           response=VideoOut, body=VideoUpdate, auth="required", params=(VIDEO_ID,),
           errors=(400, 403, 404, 413)),
@@ -156,10 +167,12 @@ def api_routes(
     aggregator: ViewAggregator,
     signer: PlaybackSigner | None,
     playback_ttl: int,
+    hooks: Webhooks,
 ) -> list[Route]:
     videos = Videos(catalog, identity, storage, cache)
     analytics = Analytics(catalog, videos, playback, aggregator)
     grants = PlaybackGrants(videos, signer, playback_ttl)
     table = endpoints(videos, Social(catalog, videos), analytics)
     table += account_endpoints(accounts, grants)
+    table += webhook_endpoints(WebhookRoutes(catalog, identity, hooks))
     return routes(table) + doc_routes(table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 Email = Annotated[str, Meta(min_length=3, max_length=320)]
 Password = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -62,6 +62,13 @@ class UserOut(Struct, kw_only=True):
     role: Literal["user", "admin"]
     disabled: bool
     created_at: datetime
+    notify_ready: bool  # emailed when a video of theirs is ready or failed
+
+
+class AccountUpdate(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Only the fields given change."""
+
+    notify_ready: bool | UnsetType = UNSET
 
 
 class UserPage(Struct, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+from msgspec import UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,6 +17,7 @@ from backends.catalog.records import User
 from backends.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from gateway.api import http
 from gateway.api.account_models import (
+    AccountUpdate,
     Credentials,
     LogoutRequest,
     PasswordChange,
@@ -38,6 +40,7 @@ def user_out(user: User) -> UserOut:
         role=user.role,
         disabled=user.disabled,
         created_at=user.created_at,
+        notify_ready=user.notify_ready,
     )
 
 
@@ -125,6 +128,18 @@ class AccountRoutes:
     async def me(self, request: Request) -> Response:
         who = await self.identity.me(request)
         user = await self.catalog.get_user(who.user_id)
+        if user is None:
+            raise Unauthorized("session ended: sign in again")
+        return http.json(user_out(user))
+
+    async def update_me(self, request: Request) -> Response:
+        """PATCH /auth/me: the signed-in account's settings (``notify_ready``)."""
+        who = await self.identity.me(request)  # cookie sessions: the CSRF header is checked
+        wanted = await http.body(request, AccountUpdate)
+        if isinstance(wanted.notify_ready, UnsetType):
+            user = await self.catalog.get_user(who.user_id)
+        else:
+            user = await self.catalog.set_notify_ready(who.user_id, wanted.notify_ready)
         if user is None:
             raise Unauthorized("session ended: sign in again")
         return http.json(user_out(user))

@@ -58,6 +58,7 @@ class VideoOut(Struct, kw_only=True):
     privacy: Privacy
     status: Status
     failure_reason: str | None
+    progress: int  # percent of processing done; 100 when ready
     duration: float | None  # seconds
     width: int | None
     height: int | None
@@ -155,6 +156,7 @@ def video_out(video: Video) -> VideoOut:
         privacy=video.privacy,
         status=video.status,
         failure_reason=video.failure_reason,
+        progress=video.progress,
         duration=video.duration_ms / 1000 if video.duration_ms is not None else None,
         width=video.width,
         height=video.height,

@@ -41,6 +41,8 @@ class Endpoint:
     auth: Auth = "none"
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = field(default=(400,))
+    # A text/event-stream response instead of JSON: (event name, data struct) of each event.
+    events: tuple[tuple[str, Any], ...] = ()
 
 
 def routes(endpoints: list[Endpoint]) -> list[Route]:
@@ -74,11 +76,36 @@ def _operation_id(e: Endpoint) -> str:
     return f"{e.method.lower()}_{words}"
 
 
+def _event_schema(events: tuple[tuple[str, Any], ...], refs: dict[Any, Any]) -> dict[str, Any]:
+    """One event of a stream (OpenAPI 3.1 has no itemSchema: the schema describes each event,
+    as the fields of its lines); its data is a line of JSON."""
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": name},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": refs[data],
+                    },
+                },
+            }
+            for name, data in events
+        ]
+    }
+
+
 def document(endpoints: list[Endpoint]) -> dict[str, Any]:
     types = (
         {Problem}
         | {e.response for e in endpoints if e.response}
         | {e.body for e in endpoints if e.body}
+        | {data for e in endpoints for _, data in e.events}
     )
     schemas, components = msgspec.json.schema_components(
         sorted(types, key=lambda t: t.__name__), ref_template="#/components/schemas/{name}"
@@ -88,7 +115,12 @@ def document(endpoints: list[Endpoint]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
         responses: dict[str, Any] = {}
-        if e.response is None:
+        if e.events:
+            responses[str(e.status)] = {
+                "description": e.summary,
+                "content": {"text/event-stream": {"schema": _event_schema(e.events, refs)}},
+            }
+        elif e.response is None:
             responses[str(e.status)] = {"description": e.summary}
         else:
             responses[str(e.status)] = {
