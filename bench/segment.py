@@ -61,15 +61,19 @@ GAP = 64 * 1024
 MAX_MOOV = 1 << 30
 
 
-def fixture() -> Path:
-    path = OUT / "library" / "1080p.mp4"
+def generated(path: Path, spec: SynthSpec, what: str) -> Path:
+    """``path``, encoded from ``spec`` by PyAV the first time (kept for later runs)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        print("generating the 1080p fixture (once) ...", file=sys.stderr, flush=True)
-        partial = path.with_name(".1080p.partial.mp4")
-        write(partial, FIXTURE)
+        print(f"generating {what} (once) ...", file=sys.stderr, flush=True)
+        partial = path.with_name(f".partial-{path.name}")
+        write(partial, spec)
         partial.replace(path)
     return path
+
+
+def fixture() -> Path:
+    return generated(OUT / "library" / "1080p.mp4", FIXTURE, "the 1080p fixture")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -208,15 +212,18 @@ http {{
     return subprocess.Popen([binary, "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown CPU"
+
+
+def machine() -> str:
+    cpu = cpu_name()
 
     def version(command: list[str]) -> str:
         try:
