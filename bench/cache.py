@@ -25,6 +25,7 @@ Needs Debian's nginx and wrk, and Redis (``--redis``, default redis://127.0.0.1:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import subprocess
 import sys
@@ -37,9 +38,11 @@ import httpx
 import msgspec
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import BlockingConnectionPool, Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backends.cache.redis_tier import connect, parse_url
 from bench.segment import OUT, fixture, machine, start_nginx, wait_for, wrk
 from conf import Settings
 from tests.serving import Server, free_port, run_server, stop_process, stop_server
@@ -141,6 +144,37 @@ def redis_version() -> str:
         return "redis-server not found"
     found = re.search(r"v=(\S+)", out.stdout)
     return f"redis-server {found.group(1)}" if found else "redis-server (unknown version)"
+
+
+async def client_reads(url: str, key: str, trials: int) -> dict[str, list[tuple[float, float]]]:
+    """GETs of one segment-sized value, 8 in flight, by the cache tier's client and by a redis-py
+    client with its defaults: (GET/s, CPU ms per GET) per trial, the two alternating."""
+    ours = connect(parse_url(url), 5.0, 16)
+    plain = Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=16, timeout=5.0))
+    clients = {"cache tier client": ours, "redis-py defaults": plain}
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
+
+    async def load(client: Redis, count: int) -> None:
+        for _ in range(count):
+            async with client.pipeline(transaction=False) as pipe:  # what RedisTier.get sends
+                pipe.get(key)
+                pipe.pttl(key)
+                value, _ = await pipe.execute()
+            assert value is not None
+
+    try:
+        for client in clients.values():
+            await load(client, 8)  # connections opened, allocator warm
+        for _ in range(trials):
+            for name, client in clients.items():
+                start, cpu = time.perf_counter(), time.process_time()
+                await asyncio.gather(*(load(client, 40) for _ in range(8)))
+                elapsed, spent = time.perf_counter() - start, time.process_time() - cpu
+                out[name].append((320 / elapsed, spent / 320 * 1e3))
+    finally:
+        await ours.aclose()
+        await plain.aclose()
+    return out
 
 
 def check_tier(
@@ -255,6 +289,11 @@ def main() -> None:
                 for key, (base, targets) in runs.items():
                     trials[key].append(wrk(base, targets, args.seconds, args.connections, work))
             after = {"memory": scrape(memory), "redis": scrape(shared)}
+            # The Redis client alone, on the largest segment as stored by the gateway.
+            largest = max(bodies, key=len)
+            with redis.Redis.from_url(args.redis) as sync:
+                sync.set(f"{prefix}client-bench", largest)
+            reads = asyncio.run(client_reads(args.redis, f"{prefix}client-bench", args.trials))
         finally:
             for server in servers:
                 stop_server(server)
@@ -318,6 +357,21 @@ def main() -> None:
         f"{args.trials} alternating trials per server, round-robin over the {len(paths)} "
         f"segments ({segment_mb:.2f} MB each) of the 1080p fixture; playlist "
         f"{playlist_kb:.1f} KB, no gzip.\n"
+    )
+    reads_median = {
+        name: sorted(values, key=lambda v: v[1])[len(values) // 2] for name, values in reads.items()
+    }
+    rows += [
+        f"| Redis client alone, {name}: {len(largest) / 1e6:.2f} MB GETs, 8 in flight "
+        f"| {rate:.0f} GET/s, {cpu:.2f} ms CPU per GET | trials: "
+        + ", ".join(f"{r:.0f} GET/s {c:.2f} ms" for r, c in reads[name])
+        + " |"
+        for name, (rate, cpu) in reads_median.items()
+    ]
+    ours_cpu, plain_cpu = (reads_median[n][1] for n in ("cache tier client", "redis-py defaults"))
+    rows.append(
+        f"| CPU per GET: cache tier client / redis-py defaults | {ours_cpu / plain_cpu:.0%} | "
+        "1 MB stream limit and reads against 64 KB / 32 KB |"
     )
     report = header + "\n" + "\n".join(rows) + "\n"
     problems = checks["memory"][1] + checks["redis"][1]

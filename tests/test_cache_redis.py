@@ -14,6 +14,15 @@ import httpx
 import pytest
 import redis
 
+from backends.cache.breaker import CircuitBreaker
+from backends.cache.redis_tier import (
+    READ_BUFFER,
+    RedisTier,
+    WideConnection,
+    WideSSLConnection,
+    connect,
+    parse_url,
+)
 from tests.conftest import app_client, serving, settings_for
 from tests.media import MediaLibrary
 from tests.metrics import scrape, scrape_sync
@@ -288,3 +297,44 @@ async def test_damaged_values_in_redis_are_rebuilt(
     assert playlist.status_code == 200
     assert segment.content == good.content
     assert seen.value("clipsync_cache_builds_total", kind="index") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "connection"),
+    [
+        ("redis://127.0.0.1:6379/0", WideConnection),
+        ("rediss://127.0.0.1:6379/0", WideSSLConnection),
+    ],
+)
+def test_the_tier_reads_large_replies_in_wide_rounds(url: str, connection: type) -> None:
+    client = connect(parse_url(url), 1.0, 4)
+    assert client.connection_pool.connection_class is connection
+    assert client.connection_pool.connection_kwargs["socket_read_size"] == READ_BUFFER
+
+
+async def test_values_larger_than_the_read_buffer_come_back_whole(
+    shared_redis: str, redis_prefix: str
+) -> None:
+    tier = RedisTier(
+        connect(parse_url(shared_redis), 2.0, 8),
+        prefix=redis_prefix,
+        timeout=2.0,
+        max_value_bytes=64 << 20,
+        tag_ttl=60,
+        lock_ttl=10,
+        breaker=CircuitBreaker(3, 1.0),
+    )
+    sizes = (0, 1, READ_BUFFER - 1, READ_BUFFER, 3 * READ_BUFFER + 17, 9_000_001)
+    values = {f"value-{size}": os.urandom(size) for size in sizes}
+    try:
+        for key, value in values.items():
+            assert await tier.set("segment", key, value, 60, ()) is True
+        # Several at once on few connections: replies of different sizes interleave.
+        keys = list(values) * 4
+        found = await asyncio.gather(*(tier.get("segment", key) for key in keys))
+        for key, result in zip(keys, found, strict=True):
+            assert isinstance(result, tuple), key
+            assert result[0] == values[key], key
+            assert 0 < result[1] <= 60
+    finally:
+        await tier.close()
