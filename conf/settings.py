@@ -268,6 +268,25 @@ class ServerSettings(_Section, frozen=True):
     max_moov_mb: Annotated[float, Meta(ge=1.0, le=4096.0)] = 512.0
     # Bearer token for the admin endpoints (cache purge); empty: they answer 403.
     admin_token: Secret = ""
+    # Logs on standard error: "json" (one object per line, for log shippers) or "text".
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True  # one line per request (clipsync.access)
+    # Where the worker processes of one `clipsync serve` share their metrics (prometheus_client
+    # multiprocess files), so a scrape of any worker counts them all. Empty: `serve` makes a
+    # fresh folder per run; in-process apps (tests) keep their metrics in memory.
+    metrics_dir: Annotated[str, Meta(max_length=4096)] = ""
+
+
+class TracingSettings(_Section, frozen=True):
+    # OpenTelemetry traces (needs `pip install 'clipsync-edge[otel]'`): spans for requests,
+    # storage calls, index builds, packaging, database and Redis calls, sent over OTLP/HTTP.
+    enabled: bool = False
+    # Where spans go, e.g. http://otel-collector:4318/v1/traces; empty: the exporter's own
+    # default (OTEL_EXPORTER_OTLP_* environment variables, else localhost:4318).
+    endpoint: Annotated[str, Meta(max_length=4096)] = ""
+    service_name: Annotated[str, Meta(min_length=1, max_length=128)] = "clipsync-edge"
+    sample_ratio: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0  # of traces started here
 
 
 class PlayerSettings(_Section, frozen=True):
@@ -287,6 +306,7 @@ class Settings(_Section, frozen=True):
     webhooks: WebhookSettings = WebhookSettings()
     server: ServerSettings = ServerSettings()
     player: PlayerSettings = PlayerSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 _PATH_RE = re.compile(r"at `\$\.([A-Za-z0-9_.]+)`")

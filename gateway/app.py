@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -19,6 +18,7 @@ from auth.playback import from_settings as playback_signer
 from auth.ratelimit import RateLimits
 from auth.sessions import Sessions
 from auth.tokens import from_settings as access_tokens
+from backends import tracing
 from backends.blocking import BlockingRunner
 from backends.cache import metrics as cache_metrics
 from backends.cache import open_cache
@@ -26,8 +26,10 @@ from backends.catalog import Catalog, engines, views
 from backends.errors import ClipSyncError
 from backends.jobs import open_queue
 from backends.storage import Storage, open_storage
+from backends.storage.remote import RemoteStorage
 from conf import Settings, load_resolved
-from gateway import errors, uploads
+from gateway import access, errors, uploads
+from gateway.access import Access
 from gateway.admin import Admin
 from gateway.api import api_routes
 from gateway.api.accounts import AccountRoutes
@@ -36,12 +38,14 @@ from gateway.api.identity import Identity
 from gateway.assets import CatalogAssets, PathAssets
 from gateway.cors import PublicCORS
 from gateway.form_upload import FormUploads
+from gateway.health import readiness
 from gateway.ingest import Ingest
 from gateway.library import Library
+from gateway.metrics import GatewayMetrics
 from gateway.notices import OwnerNotices, notifier_for, public_url
 from gateway.processing import pipeline_for
 from gateway.ranges import RangeNotSatisfiable
-from gateway.routes import VodRoutes, healthz, metrics_page, player_page
+from gateway.routes import VodRoutes, healthz, player_page
 from gateway.thumbnails import ThumbnailRoutes
 from gateway.webhooks import Webhooks
 
@@ -51,7 +55,7 @@ SWEEP_INTERVAL = 300.0  # seconds between looks for unfinished videos that lost 
 
 
 def _accounts(
-    settings: Settings, catalog: Catalog, notifier: notify.Notifier
+    settings: Settings, catalog: Catalog, notifier: notify.Notifier, metrics: GatewayMetrics
 ) -> tuple[Identity, AccountRoutes]:
     """Sign-in, sessions and rate limits as configured (no jwt_secret: no accounts)."""
     auth = settings.auth
@@ -80,21 +84,30 @@ def _accounts(
     )
     accounts = Accounts(catalog, sessions, notifier, policy)
     identity = Identity(tokens, sessions, auth.cookie_secure)
-    return identity, AccountRoutes(catalog, accounts, identity, limits, auth.refresh_ttl)
+    routes = AccountRoutes(
+        catalog, accounts, identity, limits, auth.refresh_ttl, metrics.logins_failed.inc
+    )
+    return identity, routes
 
 
 def create_app(
     settings: Settings, storage: Storage | None = None, catalog: Catalog | None = None
 ) -> Starlette:
     runner = BlockingRunner(settings.server.blocking_threads)
-    registry = CollectorRegistry()
-    cache = open_cache(settings.cache, latency=cache_metrics.redis_latency(registry))
-    cache_metrics.register(cache, registry)
+    tracing.install(settings.tracing)
+    metrics = GatewayMetrics(settings.server.metrics_dir)
+    cache = open_cache(settings.cache, latency=cache_metrics.redis_latency(metrics.own))
+    metrics.add_collector(cache_metrics.CacheCollector(cache))
     if storage is None:
         storage = open_storage(settings.storage, runner)
-    library = Library(settings, storage, runner, cache)
+    if isinstance(storage, RemoteStorage):
+        storage.observe(metrics.storage_call(storage.name))
+    library = Library(
+        settings, storage, runner, cache, lambda fmt, s: metrics.packaging.labels(fmt).observe(s)
+    )
     if catalog is None:
         catalog = Catalog(engines.create(settings.catalog.url, settings.catalog.pool_size))
+    tracing.instrument_engine(catalog.engine)
     signer = playback_signer(settings)
     playback = CatalogAssets(library, catalog, signer)
     videos = VodRoutes(library, playback)
@@ -102,7 +115,7 @@ def create_app(
     seen = views.SharedSeen(cache.redis) if cache.redis is not None else views.Seen()
     aggregator = views.ViewAggregator(catalog, seen)
     notifier = notifier_for(settings)
-    identity, account_routes = _accounts(settings, catalog, notifier)
+    identity, account_routes = _accounts(settings, catalog, notifier, metrics)
     vod = VodRoutes(library, PathAssets(library, signer, settings.vod.require_token))
     admin = Admin(library, settings.server.admin_token, identity)
     hooks = Webhooks(catalog, settings.webhooks)
@@ -110,7 +123,14 @@ def create_app(
 
     notices = OwnerNotices(catalog, hooks, notifier, public_url(settings))
     pipeline = pipeline_for(settings, catalog, storage, runner, library, notices)
-    processing = Ingest(queue, catalog, pipeline, settings.jobs.gateway_workers)
+    processing = Ingest(
+        queue,
+        catalog,
+        pipeline,
+        settings.jobs.gateway_workers,
+        lambda outcome, s: metrics.job_duration.labels(outcome).observe(s),
+    )
+    metrics.watch_queue(queue)
     form = FormUploads(
         catalog,
         storage,
@@ -134,13 +154,26 @@ def create_app(
         Route("/v/{path:path}", videos.handle, methods=["GET", "HEAD"]),
         Route("/player", player_page(settings.player.hlsjs_url), methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
-        Route("/metrics", metrics_page(registry), methods=["GET"]),
+        Route(
+            "/readyz",
+            readiness(settings, storage, catalog, cache, queue),
+            methods=["GET", "HEAD"],
+        ),
+        Route("/metrics", metrics.page(), methods=["GET"]),
         Route("/api/v1/admin/purge", admin.purge, methods=["POST"]),
-        Route(uploads.ROOT, guarded(ingest.collection), methods=["POST", "OPTIONS"]),
-        Route("/api/v1/videos/{video_id}/original", guarded(form.original), methods=["POST"]),
+        Route(
+            uploads.ROOT,
+            guarded(metrics.uploading(ingest.collection)),
+            methods=["POST", "OPTIONS"],
+        ),
+        Route(
+            "/api/v1/videos/{video_id}/original",
+            guarded(metrics.uploading(form.original)),
+            methods=["POST"],
+        ),
         Route(
             uploads.ROOT + "/{upload_id}",
-            guarded(ingest.item),
+            guarded(metrics.uploading(ingest.item)),
             methods=["HEAD", "PATCH", "DELETE", "OPTIONS"],
         ),
         *api_routes(
@@ -156,7 +189,10 @@ def create_app(
             hooks,
         ),
     ]
-    middleware = [Middleware(PublicCORS)]
+    middleware = [Middleware(Access, metrics=metrics), Middleware(PublicCORS)]
+    traced = access.traced()
+    if traced is not None:  # the server span is the parent of every span of the request
+        middleware.insert(0, traced)
     handlers = {
         ClipSyncError: errors.handle_domain,
         RangeNotSatisfiable: errors.handle_domain,
@@ -178,6 +214,8 @@ def create_app(
         await account_routes.limits.close()
         await catalog.close()
         await storage.close()  # remote stores hold connection pools
+        metrics.close()
+        tracing.flush()  # spans still batched go out before the process ends
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -185,7 +223,9 @@ def create_app(
             asyncio.create_task(ingest.cleaner(UPLOAD_CLEAN_INTERVAL)),
             asyncio.create_task(processing.run(SWEEP_INTERVAL)),
             asyncio.create_task(hooks.run()),
+            asyncio.create_task(metrics.mirror_forever()),
         ]
+        metrics.started()
         yield
         pipeline.stop.set()
         for task in background:
@@ -204,6 +244,7 @@ def create_app(
     app.state.pipeline = pipeline
     app.state.webhooks = hooks
     app.state.shutdown = shutdown
+    app.state.metrics = metrics
     return app
 
 

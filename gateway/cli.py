@@ -6,30 +6,33 @@ import argparse
 import asyncio
 import getpass
 import logging
+import logging.config
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from auth import playback
 from auth.playback import from_settings as playback_signer
-from auth.ratelimit import parse_rule
 from auth.tokens import from_settings as access_tokens
 from backends import catalog
 from backends.blocking import BlockingRunner
-from backends.cache import RedisURLError
 from backends.cache.redis_tier import display as display_redis_url
-from backends.cache.redis_tier import parse_url as parse_redis_url
 from backends.errors import ClipSyncError
 from backends.storage import display_url, open_storage
 from conf import Settings, SettingsError, load
 from conf.settings import export
+from gateway import logs
+from gateway.metrics import prepare_folder
 
 DEMO_ASSET = "demo"
 
@@ -104,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     sign.add_argument("--ttl", type=int, help="seconds the URL works (default auth.playback_ttl)")
     sign.add_argument("--cidr", help="only for clients in this network (or one IP address)")
     sign.add_argument("--base", help="URL of the gateway (default http://host:port)")
+    check = commands.add_parser(
+        "check", help="check the settings as serve loads them and probe every component"
+    )
+    _common(check)  # the same flags as serve: the same settings
+    check.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     return root
 
 
@@ -209,31 +217,31 @@ def _serve(settings: Settings) -> None:
         open_storage(settings.storage, BlockingRunner(1))
     except (ClipSyncError, ValueError) as exc:
         raise SettingsError(f"storage.library: {exc}") from None
+    from gateway.check import settings_problems
+
+    problems = settings_problems(settings)  # what `clipsync check` reports, each named
+    if problems:
+        raise SettingsError("; ".join(problems))
     cache = "in-process cache"
     if settings.cache.redis_url:
-        try:
-            parse_redis_url(settings.cache.redis_url)
-        except RedisURLError as exc:
-            raise SettingsError(f"cache.redis_url: {exc}") from None
         cache += f" + Redis {display_redis_url(settings.cache.redis_url)}"
-    try:
-        tokens = access_tokens(settings.auth)
-        playback_signer(settings)
-        for rule in ("login_rate", "register_rate", "reset_rate", "reset_account_rate"):
-            try:
-                parse_rule(getattr(settings.auth, rule))
-            except ValueError as exc:
-                raise ValueError(f"auth.{rule}: {exc}") from None
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
+    tokens = access_tokens(settings.auth)
     schema = _prepare_catalog(settings.catalog.url)
+    # The workers of this run share one metrics folder: a fresh one unless configured.
+    own_folder = not settings.server.metrics_dir
+    folder = settings.server.metrics_dir or tempfile.mkdtemp(prefix="clipsync-metrics-")
+    prepare_folder(folder)
+    server = msgspec.structs.replace(settings.server, metrics_dir=folder)
+    settings = msgspec.structs.replace(settings, server=server)
     export(settings)  # granian workers load these exact settings
-    server = settings.server
     base = f"http://{server.host}:{server.port}"
     library = display_url(settings.storage.library)
-    print(f"ClipSync Edge serving {library} on {base} ({cache})", flush=True)
+    config = logs.dict_config(server.log_format, server.log_level, server.access_log)
+    logging.config.dictConfig(config)  # the banner goes out as the workers' lines will
+    log = logging.getLogger("clipsync.serve")
+    log.info("ClipSync Edge serving %s on %s (%s)", library, base, cache)
     accounts = "on" if tokens is not None else "off (no auth.jwt_secret)"
-    print(f"Catalog {schema}; signed-in API {accounts}", flush=True)
+    log.info("Catalog %s; signed-in API %s", schema, accounts)
     Granian(
         "gateway.app:factory",
         factory=True,
@@ -241,8 +249,11 @@ def _serve(settings: Settings) -> None:
         address=server.host,
         port=server.port,
         workers=server.workers,
-        log_access=False,
+        log_access=False,  # ours (clipsync.access) has the route, the request id, no query
+        log_dictconfig=config,
     ).serve()
+    if own_folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -259,7 +270,9 @@ def _worker(args: argparse.Namespace) -> int:
             overrides.setdefault(section, {})[key] = value
     settings = load(args.config, overrides=overrides)
     _prepare_catalog(settings.catalog.url)  # as the gateway: the newest schema, or a message
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.config.dictConfig(
+        logs.dict_config(settings.server.log_format, settings.server.log_level)
+    )
     asyncio.run(worker.run(settings))
     return 0
 
@@ -324,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(args)
         if args.command == "ingest":
             return _ingest(args)
+        if args.command == "check":
+            from gateway import check
+
+            return check.main(lambda: load(args.config, overrides=_overrides(args)), args.json)
         settings = load(args.config, overrides=_overrides(args))
         if args.command == "demo":
             library = settings.storage.library.removeprefix("file://")
@@ -333,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = f"http://{settings.server.host}:{settings.server.port}"
             print(f"Playback URL: {base}/vod/{DEMO_ASSET}/master.m3u8", flush=True)
             print(f"Player page:  {base}/player", flush=True)
+            # A person watches the demo's terminal: plain lines rather than JSON for shippers.
+            server = msgspec.structs.replace(settings.server, log_format="text")
+            settings = msgspec.structs.replace(settings, server=server)
         _serve(settings)
     except SettingsError as exc:
         print(f"clipsync: error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from backends.errors import (
     Unauthorized,
 )
 from gateway import tus
+from gateway.logs import REQUEST_ID
 from gateway.ranges import RangeNotSatisfiable
 
 log = logging.getLogger("clipsync.gateway")
@@ -99,4 +100,8 @@ async def handle_http(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(500, "Internal Server Error", "unexpected error; it has been logged")
+    response = problem(500, "Internal Server Error", "unexpected error; it has been logged")
+    rid = REQUEST_ID.get()
+    if rid is not None:  # the access layer set it; this answer is sent from outside that layer
+        response.headers["x-request-id"] = rid
+    return response

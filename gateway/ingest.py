@@ -14,14 +14,15 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from backends.blocking import BlockingRunner
 from backends.catalog import Catalog, Rendition, VideoChanges, processing
 from backends.catalog.records import Video
 from backends.errors import BadMedia, ClipSyncError
-from backends.jobs import Job, JobQueue, MemoryQueue
+from backends.jobs import Busy, Job, JobQueue, MemoryQueue
 from backends.storage import Storage, read_blocks
 from packager import probe
 
@@ -88,8 +89,14 @@ class Validator(Protocol):
 
 class Ingest:
     def __init__(
-        self, queue: JobQueue, catalog: Catalog, pipeline: Validator, workers: int
+        self,
+        queue: JobQueue,
+        catalog: Catalog,
+        pipeline: Validator,
+        workers: int,
+        timed: Callable[[str, float], object] = lambda outcome, seconds: None,
     ) -> None:
+        self.timed = timed  # metrics: each job attempt's outcome and time
         self.queue = queue
         self.catalog = catalog
         self.pipeline = pipeline
@@ -143,9 +150,22 @@ class Ingest:
         async with asyncio.TaskGroup() as group:
             if self.workers:
                 group.create_task(
-                    self.queue.work(self.pipeline.handle, self.pipeline.give_up, self.workers)
+                    self.queue.work(self._handle, self.pipeline.give_up, self.workers)
                 )
             group.create_task(self._sweeping(sweep_every))
+
+    async def _handle(self, job: Job) -> None:
+        start = time.perf_counter()
+        outcome = "failed"
+        try:
+            await self.pipeline.handle(job)
+            outcome = "done"
+        except Busy:
+            outcome = ""  # someone else has it: not an attempt
+            raise
+        finally:
+            if outcome:
+                self.timed(outcome, time.perf_counter() - start)
 
     async def _sweeping(self, every: float) -> None:
         # An in-process queue starts empty: every unfinished video is this process's to redo.

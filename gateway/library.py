@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,7 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from backends import paths
+from backends import paths, tracing
 from backends.blocking import BlockingRunner
 from backends.cache import Entry, TieredCache, keys, tags_for
 from backends.errors import BadMedia, MediaNotFound, MisalignedLadder, UnsupportedMedia
@@ -117,9 +118,15 @@ class _Failure(msgspec.Struct, frozen=True):
 
 class Library:
     def __init__(
-        self, settings: Settings, storage: Storage, runner: BlockingRunner, cache: TieredCache
+        self,
+        settings: Settings,
+        storage: Storage,
+        runner: BlockingRunner,
+        cache: TieredCache,
+        packaged: Callable[[str, float], object] = lambda fmt, seconds: None,
     ) -> None:
         self.settings = settings
+        self.packaged = packaged  # metrics: each packaging's format and time
         self.storage = storage
         self.runner = runner
         self.cache = cache
@@ -234,11 +241,12 @@ class Library:
 
     async def _build(self, info: ObjectInfo) -> Rendition | BadMedia:
         max_moov = int(self.settings.server.max_moov_mb * 2**20)
-        try:
-            index = await read_index(self.storage, info, self.runner, max_moov)
-            segment_plan = await self.runner.run(plan, index, self.config)
-        except BadMedia as exc:
-            return exc  # cached like a result: a corrupt file is parsed once per version
+        with tracing.span(tracing.INDEX_BUILD, path=info.path, size=info.size):
+            try:
+                index = await read_index(self.storage, info, self.runner, max_moov)
+                segment_plan = await self.runner.run(plan, index, self.config)
+            except BadMedia as exc:
+                return exc  # cached like a result: a corrupt file is parsed once per version
         return Rendition(info, index, segment_plan)
 
     async def _decode_index(self, info: ObjectInfo, data: bytes) -> Rendition | BadMedia:
@@ -286,17 +294,27 @@ class Library:
         return await self.cache.fetch(entry, lambda: self._package(rendition, k, fmt))
 
     async def _package(self, rendition: Rendition, k: int, fmt: Format) -> bytes:
+        start = time.perf_counter()
         gap, extra = self.settings.vod.read_coalesce_gap, self.settings.vod.read_overfetch
         index, segment_plan, info = rendition.index, rendition.plan, rendition.info
         body: SegmentBody
-        if fmt == "fmp4":
-            body = await reader.fmp4_segment(self.storage, info, index, segment_plan, k, gap, extra)
-        else:
-            source = await reader.samples(self.storage, info, index, segment_plan, k, gap, extra)
-            # TS does per-packet work: keep it off the event loop.
-            body = await self.runner.run(ts.write_segment, index, segment_plan, k, source)
-        # One buffer: what the response sends (granian wants one body message) and caches.
-        return bytes(body.join())
+        with tracing.span(tracing.PACKAGING, path=info.path, segment=k, format=fmt):
+            if fmt == "fmp4":
+                with tracing.span(tracing.STORAGE_READ, path=info.path):
+                    body = await reader.fmp4_segment(
+                        self.storage, info, index, segment_plan, k, gap, extra
+                    )
+            else:
+                with tracing.span(tracing.STORAGE_READ, path=info.path):
+                    source = await reader.samples(
+                        self.storage, info, index, segment_plan, k, gap, extra
+                    )
+                # TS does per-packet work: keep it off the event loop.
+                body = await self.runner.run(ts.write_segment, index, segment_plan, k, source)
+            # One buffer: what the response sends (granian wants one body message) and caches.
+            data = bytes(body.join())
+        self.packaged(fmt, time.perf_counter() - start)
+        return data
 
 
 def _encode_index(value: Rendition | BadMedia) -> bytes:

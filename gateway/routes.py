@@ -8,13 +8,13 @@ from html import escape
 from importlib import resources
 from urllib.parse import urlencode
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from backends.errors import MediaNotFound
 from backends.storage import deadline_scope
 from gateway import responses, urls
+from gateway.access import set_detail
 from gateway.api.http import client_ip
 from gateway.assets import Assets
 from gateway.library import Library, Rendition
@@ -53,6 +53,7 @@ class VodRoutes:
 
     async def _handle(self, request: Request) -> Response:
         req = urls.parse(request.path_params["path"])
+        set_detail(request.scope, req.kind)  # metrics: "/vod/{path:path} segment", not one path
         fmt: Format = req.format or self.default_format
         token = request.query_params.get(TOKEN_PARAM)
         signed = await self.assets.admit(req.asset, token, client_ip(request))
@@ -162,14 +163,3 @@ def player_page(hlsjs_url: str) -> Callable[[Request], Awaitable[Response]]:
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
-
-
-def metrics_page(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
-    async def page(request: Request) -> Response:
-        return Response(
-            generate_latest(registry),
-            headers={"cache-control": "no-store"},
-            media_type=CONTENT_TYPE_LATEST,
-        )
-
-    return page

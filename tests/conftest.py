@@ -135,3 +135,21 @@ def _test_catalog_folder() -> Iterator[None]:
     """The shared test catalog goes with the run."""
     yield
     shutil.rmtree(Path(TEST_CATALOG.removeprefix("sqlite:///")).parent, ignore_errors=True)
+
+
+def signed_in(secret: str, name: str) -> str:
+    """A new user ``name``@example.com in the run's test catalog, and an access token of it
+    signed as a gateway with ``auth.jwt_secret = secret`` (key id k1) would sign it."""
+    import asyncio
+
+    from auth.tokens import AccessTokens
+    from backends.catalog import engines
+
+    async def seed() -> str:
+        catalog = Catalog(engines.create(TEST_CATALOG))
+        try:
+            return (await catalog.create_user(f"{name}@example.com")).id
+        finally:
+            await catalog.close()
+
+    return AccessTokens({"k1": secret.encode()}, "k1", 900).issue(asyncio.run(seed()), "user")

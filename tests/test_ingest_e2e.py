@@ -19,11 +19,10 @@ import msgspec
 import pytest
 from tusclient import client as tus_client
 
-from auth.tokens import AccessTokens
 from backends.catalog import Catalog, engines
 from conf import Settings
 from packager.synth import SynthSpec, write
-from tests.conftest import TEST_CATALOG, settings_for
+from tests.conftest import TEST_CATALOG, settings_for, signed_in
 from tests.serving import run_server, stop_server
 from tests.test_players import HLSJS, _browser
 
@@ -100,16 +99,9 @@ def test_upload_resume_playable_ready_and_the_ladder_plays(tmp_path: Path) -> No
     assert len(data) > 3 * MB  # several 1 MB chunks
     expected = hashlib.new("md5", data, usedforsecurity=False).hexdigest()
 
-    async def seed() -> str:
-        catalog = Catalog(engines.create(TEST_CATALOG))
-        try:
-            return (await catalog.create_user(f"e2e-{uuid.uuid4().hex[:8]}@example.com")).id
-        finally:
-            await catalog.close()
-
     server = run_server(_settings(root), tmp_path / "gateway.log")
     try:
-        token = AccessTokens({"k1": SECRET.encode()}, "k1", 900).issue(asyncio.run(seed()), "user")
+        token = signed_in(SECRET, f"e2e-{uuid.uuid4().hex[:8]}")
         auth = {"Authorization": f"Bearer {token}"}
         r = httpx.post(
             f"{server.base}/api/v1/videos",

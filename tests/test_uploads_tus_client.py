@@ -16,10 +16,9 @@ import httpx
 import msgspec
 from tusclient import client as tus_client
 
-from auth.tokens import AccessTokens
 from backends.catalog import Catalog, engines
 from conf import Settings
-from tests.conftest import TEST_CATALOG, settings_for
+from tests.conftest import TEST_CATALOG, settings_for, signed_in
 from tests.serving import Server, run_server, stop_server
 
 SECRET = "t" * 40
@@ -62,17 +61,9 @@ def test_tuspy_uploads_resumes_and_the_original_matches(tmp_path: Path) -> None:
     source.write_bytes(os.urandom(5 * MB + 4321))
     expected = hashlib.new("md5", source.read_bytes(), usedforsecurity=False).hexdigest()
 
-    async def seed() -> str:
-        catalog = Catalog(engines.create(TEST_CATALOG))
-        try:
-            user = await catalog.create_user(f"tus-{tmp_path.name}@example.com")
-            return user.id
-        finally:
-            await catalog.close()
-
     server = run_server(_settings(root), tmp_path / "first.log")  # prepares the catalog
     try:
-        token = AccessTokens({"k1": SECRET.encode()}, "k1", 900).issue(asyncio.run(seed()), "user")
+        token = signed_in(SECRET, f"tus-{tmp_path.name}")
         auth = {"Authorization": f"Bearer {token}"}
         r = httpx.post(f"{server.base}/api/v1/videos", json={"title": "tus"}, headers=auth)
         assert r.status_code == 201, r.text

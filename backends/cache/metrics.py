@@ -19,7 +19,8 @@ from backends.cache.tiered import TieredCache
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-def redis_latency(registry: CollectorRegistry) -> Histogram:
+def redis_latency(registry: CollectorRegistry | None) -> Histogram:
+    """None: a multiprocess histogram (gateway/metrics.py reads the files)."""
     return Histogram(
         "clipsync_redis_latency_seconds",
         "Time of each call to the Redis cache tier, by operation",
@@ -122,7 +123,3 @@ class CacheCollector(Collector):
         dropped.add_metric([], flight.skipped_writes)
         yield from (hits, misses, evictions, held, budget, items, read, written, builds)
         yield from (coalesced, dropped, errors, breaker, trips, skipped)
-
-
-def register(cache: TieredCache, registry: CollectorRegistry) -> None:
-    registry.register(CacheCollector(cache))

@@ -47,6 +47,11 @@ def head() -> str:
     return revision
 
 
+def revisions() -> frozenset[str]:
+    """Every revision this code ships: a database at any other is newer than this code."""
+    return frozenset(s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions())
+
+
 async def state(engine: AsyncEngine) -> SchemaState:
     def current(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
@@ -79,7 +84,7 @@ async def check(engine: AsyncEngine) -> SchemaState:
     found = await state(engine)
     if found.ready:
         return found
-    known = {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
+    known = revisions()
     if found.current is None:
         raise CatalogOutdated("the catalog database is empty: run `clipsync db upgrade`")
     if found.current not in known:

@@ -17,10 +17,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from backends import tracing
 from backends.errors import ClipSyncError, SourceChanged
 from backends.storage import readplan
 from backends.storage.base import Entry, ObjectInfo, ScatterRead, scatter, short_read
-from backends.storage.retry import Classifier, Retrier, RetryPolicy
+from backends.storage.retry import Classifier, Failure, Retrier, RetryPolicy
 
 T = TypeVar("T")
 
@@ -50,6 +51,8 @@ class StoreStats:
 
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
     bytes_read: int = 0
+    # Told of every call: its operation, seconds, and what it raised (metrics).
+    observe: Callable[[str, float, BaseException | None], object] | None = None
 
     @property
     def total(self) -> int:
@@ -57,33 +60,44 @@ class StoreStats:
 
 
 class _Counted:
-    """An ObjectStore that counts what passes through it."""
+    """An ObjectStore that counts and times what passes through it."""
 
-    def __init__(self, store: ObjectStore, stats: StoreStats) -> None:
+    def __init__(self, store: ObjectStore, stats: StoreStats, backend: str) -> None:
         self.store = store
         self.stats = stats
+        self.backend = backend
+
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+        self.stats.requests[op] += 1
+        observe = self.stats.observe
+        with tracing.span(tracing.STORAGE, op=op, backend=self.backend):
+            if observe is None:
+                return await call
+            start = time.perf_counter()
+            try:
+                result = await call
+            except BaseException as exc:
+                observe(op, time.perf_counter() - start, exc)
+                raise
+            observe(op, time.perf_counter() - start, None)
+            return result
 
     async def head(self, path: str) -> ObjectInfo:
-        self.stats.requests["head"] += 1
-        return await self.store.head(path)
+        return await self._timed("head", self.store.head(path))
 
     async def get(self, path: str, start: int, end: int, etag: str | None) -> bytes:
-        self.stats.requests["get"] += 1
-        data = await self.store.get(path, start, end, etag)
+        data = await self._timed("get", self.store.get(path, start, end, etag))
         self.stats.bytes_read += len(data)
         return data
 
     async def listdir(self, path: str) -> list[Entry]:
-        self.stats.requests["list"] += 1
-        return await self.store.listdir(path)
+        return await self._timed("list", self.store.listdir(path))
 
     async def put(self, path: str, chunks: AsyncIterable[bytes], retry: Retrier) -> None:
-        self.stats.requests["put"] += 1
-        await self.store.put(path, chunks, retry)
+        await self._timed("put", self.store.put(path, chunks, retry))
 
     async def delete(self, path: str) -> None:
-        self.stats.requests["delete"] += 1
-        await self.store.delete(path)
+        await self._timed("delete", self.store.delete(path))
 
     async def close(self) -> None:
         await self.store.close()
@@ -120,6 +134,20 @@ class RemoteStorage:
     def uri(self) -> str:
         return self._uri
 
+    def observe(self, report: Callable[[str, float, str | None], object]) -> None:
+        """Have ``report(op, seconds, failure)`` told of every call to the store; ``failure``
+        is None for a success or an answer (an object not found), else what went wrong."""
+        classify = self.retrier.classify
+
+        def seen(op: str, seconds: float, exc: BaseException | None) -> None:
+            failure = None
+            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                kind = classify(exc)[0]
+                failure = None if kind is Failure.NOT_FOUND else kind.name.lower()
+            report(op, seconds, failure)
+
+        self.counts.observe = seen
+
     async def _open(self) -> ObjectStore:
         # Connected on first use, inside the event loop that will use it: async clients bind
         # their sessions to a loop.
@@ -130,7 +158,7 @@ class RemoteStorage:
         async with self._lock:
             if self._store is None:
                 store = await self.retrier.call("connect to", "", self._connect)
-                self._store = _Counted(store, self.counts)
+                self._store = _Counted(store, self.counts, self.name)
         return self._store
 
     async def stat(self, path: str, max_age: float = 0.0) -> ObjectInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from msgspec import UnsetType
 from starlette.requests import Request
@@ -14,7 +15,7 @@ from auth.ratelimit import RateLimits
 from auth.sessions import Issued
 from backends.catalog import Catalog
 from backends.catalog.records import User
-from backends.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from backends.errors import ClipSyncError, Forbidden, InvalidRequest, NotFound, Unauthorized
 from gateway.api import http
 from gateway.api.account_models import (
     AccountUpdate,
@@ -57,8 +58,10 @@ class AccountRoutes:
         identity: Identity,
         limits: RateLimits,
         refresh_ttl: int,
+        failed_login: Callable[[], object] = lambda: None,
     ) -> None:
         self.catalog = catalog
+        self.failed_login = failed_login  # metrics: clipsync_logins_failed_total
         self._accounts = accounts
         self.identity = identity
         self.limits = limits
@@ -102,7 +105,11 @@ class AccountRoutes:
         accounts = self.accounts
         await self.limits.hit("login", client_key(request))
         wanted = await http.body(request, SignIn)
-        issued = await accounts.login(wanted.email, wanted.password)
+        try:
+            issued = await accounts.login(wanted.email, wanted.password)
+        except ClipSyncError:  # wrong password, unknown email, disabled, locked out
+            self.failed_login()
+            raise
         return self._session(issued, wanted.cookie)
 
     async def refresh(self, request: Request) -> Response:
