@@ -229,6 +229,9 @@ class JobsSettings(_Section, frozen=True):
     # A job whose worker has not been heard of for this long is taken over by another.
     claim_idle_seconds: Annotated[float, Meta(ge=0.5, le=86_400.0)] = 60.0
     redis_timeout: Annotated[float, Meta(gt=0.0, le=300.0)] = 5.0  # per queue command
+    # `clipsync worker` answers Prometheus scrapes on this port (0: no metrics endpoint):
+    # job durations by outcome and the queue's depth.
+    metrics_port: Annotated[int, Meta(ge=0, le=65_535)] = 0
 
 
 class MailSettings(_Section, frozen=True):

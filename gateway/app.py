@@ -128,7 +128,7 @@ def create_app(
         catalog,
         pipeline,
         settings.jobs.gateway_workers,
-        lambda outcome, s: metrics.job_duration.labels(outcome).observe(s),
+        metrics.job_time,
     )
     metrics.watch_queue(queue)
     form = FormUploads(

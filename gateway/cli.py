@@ -88,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--library", help="folder or storage URL of the media library")
     worker.add_argument("--redis", help="Redis URL of the job queue (default cache.redis_url)")
     worker.add_argument("--concurrency", type=int, help="jobs at once (default 1)")
+    worker.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
     ingest = commands.add_parser(
         "ingest", help="upload a local file to a gateway and follow its processing"
     )
@@ -263,6 +264,7 @@ def _worker(args: argparse.Namespace) -> int:
         ("storage", "library"): args.library,
         ("jobs", "redis_url"): args.redis,
         ("jobs", "worker_concurrency"): args.concurrency,
+        ("jobs", "metrics_port"): args.metrics_port,
     }
     overrides: dict[str, dict[str, Any]] = {}
     for (section, key), value in chosen.items():

@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from backends.blocking import BlockingRunner
@@ -77,6 +77,27 @@ async def judge(
         status="playable", duration_ms=duration_ms, width=facts.width, height=facts.height
     )
     return changes, [original]
+
+
+def timed_handler(
+    handle: Callable[[Job], Awaitable[None]], timed: Callable[[str, float], object]
+) -> Callable[[Job], Awaitable[None]]:
+    """``handle`` telling ``timed`` each attempt's outcome ("done", "failed") and duration."""
+
+    async def handled(job: Job) -> None:
+        start = time.perf_counter()
+        outcome = "failed"
+        try:
+            await handle(job)
+            outcome = "done"
+        except Busy:
+            outcome = ""  # someone else has it: not an attempt
+            raise
+        finally:
+            if outcome:
+                timed(outcome, time.perf_counter() - start)
+
+    return handled
 
 
 class Validator(Protocol):
@@ -149,23 +170,9 @@ class Ingest:
         """The gateway's workers and sweeps, until cancelled."""
         async with asyncio.TaskGroup() as group:
             if self.workers:
-                group.create_task(
-                    self.queue.work(self._handle, self.pipeline.give_up, self.workers)
-                )
+                handle = timed_handler(self.pipeline.handle, self.timed)
+                group.create_task(self.queue.work(handle, self.pipeline.give_up, self.workers))
             group.create_task(self._sweeping(sweep_every))
-
-    async def _handle(self, job: Job) -> None:
-        start = time.perf_counter()
-        outcome = "failed"
-        try:
-            await self.pipeline.handle(job)
-            outcome = "done"
-        except Busy:
-            outcome = ""  # someone else has it: not an attempt
-            raise
-        finally:
-            if outcome:
-                self.timed(outcome, time.perf_counter() - start)
 
     async def _sweeping(self, every: float) -> None:
         # An in-process queue starts empty: every unfinished video is this process's to redo.

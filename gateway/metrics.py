@@ -28,6 +28,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    start_http_server,
     values,
 )
 from prometheus_client.process_collector import ProcessCollector
@@ -212,7 +213,7 @@ class GatewayMetrics:
             self.mirror()
             await asyncio.sleep(MIRROR_INTERVAL)
 
-    async def _read_queue(self) -> None:
+    async def read_queue(self) -> None:
         if self._queue is None:
             return
         try:
@@ -222,6 +223,23 @@ class GatewayMetrics:
             return
         for state in ("waiting", "running", "delayed", "dead"):
             self.queue_depth.labels(state).set(getattr(depth, state))
+
+    def job_time(self, outcome: str, seconds: float) -> None:
+        self.job_duration.labels(outcome).observe(seconds)
+
+    async def serve_alone(self, host: str, port: int, refresh: float = 5.0) -> None:
+        """A metrics endpoint of its own (``clipsync worker``), until cancelled; the queue's
+        depth is read every ``refresh`` seconds."""
+        assert self.own is not None, "a process of its own keeps its metrics in memory"
+        server, thread = start_http_server(port, addr=host, registry=self.own)
+        try:
+            while True:
+                await self.read_queue()
+                await asyncio.sleep(refresh)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
 
     def close(self) -> None:
         """This process leaves: its live gauges stop counting."""
@@ -240,7 +258,7 @@ class GatewayMetrics:
 
     def page(self) -> Callable[[Request], Awaitable[Response]]:
         async def page(request: Request) -> Response:
-            await self._read_queue()
+            await self.read_queue()
             return Response(
                 self.text(), headers={"cache-control": "no-store"}, media_type=CONTENT_TYPE_LATEST
             )

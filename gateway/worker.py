@@ -19,7 +19,9 @@ from backends.errors import ClipSyncError
 from backends.jobs import MemoryQueue, open_queue
 from backends.storage import open_storage
 from conf.settings import Settings, SettingsError
+from gateway.ingest import timed_handler
 from gateway.library import Library
+from gateway.metrics import GatewayMetrics
 from gateway.notices import OwnerNotices, notifier_for, public_url
 from gateway.processing import pipeline_for
 from gateway.webhooks import Webhooks
@@ -53,8 +55,13 @@ async def run(settings: Settings) -> None:
     notifier = notifier_for(settings)
     notices = OwnerNotices(catalog, hooks, notifier, public_url(settings))
     pipeline = pipeline_for(settings, catalog, storage, runner, library, notices)
-    working = asyncio.create_task(queue.work(pipeline.handle, pipeline.give_up, concurrency))
+    metrics = GatewayMetrics()
+    metrics.watch_queue(queue)
+    handle = timed_handler(pipeline.handle, metrics.job_time)
+    working = asyncio.create_task(queue.work(handle, pipeline.give_up, concurrency))
     delivering = asyncio.create_task(hooks.run())  # the webhooks of our events, at once
+    port = settings.jobs.metrics_port
+    scrapes = asyncio.create_task(metrics.serve_alone(settings.server.host, port)) if port else None
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -62,12 +69,18 @@ async def run(settings: Settings) -> None:
         pipeline.stop.set()
         working.cancel()
         delivering.cancel()
+        if scrapes is not None:
+            scrapes.cancel()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
-    print(f"clipsync worker {pipeline.owner}: {concurrency} job(s) at a time", flush=True)
+    log.info("clipsync worker %s: %d job(s) at a time", pipeline.owner, concurrency)
+    if port:
+        log.info("metrics at http://%s:%d/metrics", settings.server.host, port)
     try:
-        await asyncio.gather(working, delivering, return_exceptions=True)
+        await asyncio.gather(
+            working, delivering, *([scrapes] if scrapes else []), return_exceptions=True
+        )
     finally:
         await queue.close()
         await hooks.close()

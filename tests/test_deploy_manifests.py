@@ -320,8 +320,10 @@ def test_gateway_drains_before_it_stops() -> None:
 def test_worker_runs_jobs_with_room_to_hand_them_back() -> None:
     worker, gateway = deployment("worker"), deployment("gateway")
     main = container(worker)
-    assert main["args"] == ["worker"]
-    assert "ports" not in main
+    assert main["args"][0] == "worker"
+    # Its one port is Prometheus' (--metrics-port), and no probe asks it.
+    assert main["ports"] == [{"name": "metrics", "containerPort": 9100}]
+    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(main)
     grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     assert grace > pod_spec(gateway)["terminationGracePeriodSeconds"]
     assert grace >= 120
@@ -336,7 +338,10 @@ def test_worker_runs_jobs_with_room_to_hand_them_back() -> None:
 
 def test_container_commands_are_real_cli_invocations() -> None:
     """The image's entry point is `clipsync`; each container's args must parse as its CLI."""
-    expected = {"gateway": ["serve", "--workers", "2"], "worker": ["worker"]}
+    expected = {
+        "gateway": ["serve", "--workers", "2"],
+        "worker": ["worker", "--metrics-port", "9100"],
+    }
     for component, args in expected.items():
         assert container(deployment(component))["args"] == args
     job = only("Job")

@@ -28,8 +28,9 @@ from conf import Settings
 from gateway.cli import _prepare_catalog as prepare_catalog
 from packager.synth import SynthSpec, write
 from tests.conftest import TEST_CATALOG, settings_for
+from tests.metrics import scrape_sync
 from tests.probe import ffprobe
-from tests.serving import settings_env, stop_process
+from tests.serving import free_port, settings_env, stop_process
 
 LADDER = ["360p:360:600", "240p:240:300", "144p:144:150"]
 
@@ -61,12 +62,13 @@ class Workers:
         self.folder = folder
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, metrics_port: int = 0) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPSYNC_")}
         env.update(settings_env(self.settings))
         log = (self.folder / f"worker-{len(self.running)}.log").open("wb")
+        more = ["--metrics-port", str(metrics_port)] if metrics_port else []
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "worker"],
+            [sys.executable, "-m", "gateway.cli", "worker", *more],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -198,11 +200,18 @@ def test_a_killed_worker_s_job_is_taken_over(workers: Workers, long_source: Path
     assert f"-{first.pid}-" in owner  # the first worker holds it
     first.send_signal(signal.SIGKILL)  # no chance to hand anything back
     first.wait()
-    second = workers.start()
+    port = free_port()
+    second = workers.start(metrics_port=port)
     video, _ = _wait(video_id, lambda v, o: v.status in ("ready", "failed"), 120, workers)
     assert video.status == "ready", f"{video.failure_reason}\n{workers.logs()}"
     assert "taken over" in workers.logs()
     _outputs_complete(root, video, workers.settings)
+    # The worker's own /metrics: the job it finished, and the queue it reads (now empty).
+    seen = scrape_sync(f"http://127.0.0.1:{port}")
+    assert seen.value("clipsync_job_duration_seconds_count", outcome="done") == 1
+    assert seen.value("clipsync_job_duration_seconds_count", outcome="failed") == 0
+    assert ("clipsync_jobs_queue_depth", (("state", "waiting"),)) in seen
+    assert seen.value("clipsync_jobs_queue_depth", state="waiting") == 0
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=15) == 0
 
