@@ -271,6 +271,9 @@ class ServerSettings(_Section, frozen=True):
     max_moov_mb: Annotated[float, Meta(ge=1.0, le=4096.0)] = 512.0
     # Bearer token for the admin endpoints (cache purge); empty: they answer 403.
     admin_token: Secret = ""
+    # Proxies (addresses or networks: an Ingress, a load balancer, a CDN) whose
+    # X-Forwarded-For names the client; empty: the peer is the client, the header is ignored.
+    trusted_proxies: tuple[Annotated[str, Meta(max_length=64)], ...] = ()
     # Logs on standard error: "json" (one object per line, for log shippers) or "text".
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -28,7 +28,7 @@ from backends.jobs import open_queue
 from backends.storage import Storage, open_storage
 from backends.storage.remote import RemoteStorage
 from conf import Settings, load_resolved
-from gateway import access, errors, uploads
+from gateway import access, errors, proxies, uploads
 from gateway.access import Access
 from gateway.admin import Admin
 from gateway.api import api_routes
@@ -190,6 +190,9 @@ def create_app(
         ),
     ]
     middleware = [Middleware(Access, metrics=metrics), Middleware(PublicCORS)]
+    if settings.server.trusted_proxies:  # before Access: the log and every check see the client
+        trusted = proxies.parse_trusted(settings.server.trusted_proxies)
+        middleware.insert(0, Middleware(proxies.TrustedProxies, trusted=trusted))
     traced = access.traced()
     if traced is not None:  # the server span is the parent of every span of the request
         middleware.insert(0, traced)

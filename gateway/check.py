@@ -36,6 +36,7 @@ from conf import Settings, SettingsError
 from gateway import health
 from gateway.health import PROBE_TIMEOUT, Probe, Result, not_configured
 from gateway.notices import DATA
+from gateway.proxies import parse_trusted
 
 EXIT_OK, EXIT_FAILED, EXIT_SETTINGS = 0, 1, 2
 # The encoders processing needs from PyAV's FFmpeg: the ladder's video and audio, thumbnails.
@@ -93,6 +94,10 @@ def settings_problems(settings: Settings) -> list[str]:
             notify.parse_smtp_url(settings.mail.smtp_url)
         except ValueError as exc:
             problems.append(f"mail.smtp_url: {exc}")
+    try:
+        parse_trusted(settings.server.trusted_proxies)
+    except ValueError as exc:
+        problems.append(f"server.trusted_proxies: {exc}")
     if settings.tracing.enabled and not tracing.available():
         problems.append(tracing.MISSING)
     try:  # the outbox notifier checks the sender alone, whatever smtp_url says

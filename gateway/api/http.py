@@ -48,7 +48,7 @@ def no_content() -> Response:
 
 
 def client_ip(request: Request) -> str | None:
-    """The address the request came from (the peer: a proxy's, behind one)."""
+    """The client's address: the peer's, or the one a trusted proxy forwarded (proxies.py)."""
     return request.client.host if request.client else None
 
 
