@@ -226,7 +226,7 @@ def create_app(
             asyncio.create_task(ingest.cleaner(UPLOAD_CLEAN_INTERVAL)),
             asyncio.create_task(processing.run(SWEEP_INTERVAL)),
             asyncio.create_task(hooks.run()),
-            asyncio.create_task(metrics.mirror_forever()),
+            asyncio.create_task(metrics.refresh_forever()),
         ]
         metrics.started()
         yield

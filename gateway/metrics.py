@@ -43,7 +43,7 @@ from backends.jobs.base import JobQueue
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 MIRROR_INTERVAL = 1.0
-QUEUE_DEPTH_TIMEOUT = 1.0
+QUEUE_INTERVAL = 5.0  # seconds between reads of the job queue's depth
 
 
 def use_folder(folder: str) -> None:
@@ -208,18 +208,27 @@ class GatewayMetrics:
         for item in self._mirrors:
             item.sync()
 
-    async def mirror_forever(self) -> None:
+    async def refresh_forever(self) -> None:
+        """Until cancelled: the cache counters mirrored every second, the queue's depth read
+        every few. Scrapes never wait for Redis: they show the last values read."""
+        rounds = 0
         while True:
             self.mirror()
+            if rounds % round(QUEUE_INTERVAL / MIRROR_INTERVAL) == 0:
+                await self.read_queue()
+            rounds += 1
             await asyncio.sleep(MIRROR_INTERVAL)
 
     async def read_queue(self) -> None:
         if self._queue is None:
             return
+        # Shielded: a read cancelled midway (at shutdown) could leave a Redis Cluster handshake
+        # half done and its sockets open; the read finishes by itself instead.
+        reading = asyncio.ensure_future(self._queue.depth())
+        reading.add_done_callback(_ignore_failure)
         try:
-            async with asyncio.timeout(QUEUE_DEPTH_TIMEOUT):
-                depth = await self._queue.depth()
-        except Exception:  # a scrape must answer even when the queue's Redis does not
+            depth = await asyncio.shield(reading)
+        except Exception:  # the queue's Redis away: the gauges keep their last values
             return
         for state in ("waiting", "running", "delayed", "dead"):
             self.queue_depth.labels(state).set(getattr(depth, state))
@@ -258,12 +267,17 @@ class GatewayMetrics:
 
     def page(self) -> Callable[[Request], Awaitable[Response]]:
         async def page(request: Request) -> Response:
-            await self.read_queue()
             return Response(
                 self.text(), headers={"cache-control": "no-store"}, media_type=CONTENT_TYPE_LATEST
             )
 
         return page
+
+
+def _ignore_failure(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished read's error, so nobody is told it was never looked at."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _forget_dead_processes(folder: str) -> None:
