@@ -102,6 +102,9 @@ PASSWORD = "plenty of segments 42"
 
 def _gateway(root: Path) -> Settings:
     raw = msgspec.to_builtins(settings_for(root))
+    # A catalog of its own: the run's shared one lists other tests' videos, whose files are
+    # not in this library (their playlists would be 404s for the players).
+    raw["catalog"]["url"] = f"sqlite:///{root.parent}/catalog.sqlite3"
     raw["auth"].update({"jwt_secret": "l" * 40, "password_cost": 4, "login_rate": "1000/minute"})
     raw["ingest"]["ladder"] = ["180p:180:300", "144p:144:150"]  # two variants, quickly made
     return msgspec.convert(raw, Settings)
