@@ -79,9 +79,13 @@ class VodRoutes:
             self.assets.home(req.asset),
             lambda: build(req, fmt, url_suffix, suffix),
         )
-        # A signed playlist carries its token in every URI: no shared cache may keep it (a CDN
-        # keying on the path alone would hand one viewer's token to the next).
-        cache = f"private, max-age={min(60, self._playlist_age)}" if signed else self.playlist_cache
+        # A playlist fetched with a token carries it in every URI (signed or not: a public
+        # video asked for with one): no shared cache may keep it, or a CDN keying on the path
+        # alone would hand one viewer's token to the next.
+        private = signed or bool(suffix)
+        cache = (
+            f"private, max-age={min(60, self._playlist_age)}" if private else self.playlist_cache
+        )
         return responses.playlist(request, item, cache, self.gzip)
 
     def _tag(self, *parts: object) -> str:

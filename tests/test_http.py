@@ -58,6 +58,21 @@ async def test_master_single_file(client: httpx.AsyncClient, media: MediaLibrary
     assert "#EXT-X-INDEPENDENT-SEGMENTS" in r.text
 
 
+async def test_a_playlist_carrying_a_token_is_never_shared(
+    client: httpx.AsyncClient, media: MediaLibrary
+) -> None:
+    """A public video asked for with ?token=: the token goes into every URI, so a CDN must not
+    hand that playlist to the next viewer (conf/cdn.md)."""
+    media.good(MEDIA)
+    for tail in ("master.m3u8", "main/index.m3u8"):
+        with_token = await client.get(url(MEDIA, tail) + "?token=someone-elses")
+        assert with_token.status_code == 200
+        assert with_token.headers["cache-control"].startswith("private"), tail
+        assert "token=someone-elses" in with_token.text
+        plain = await client.get(url(MEDIA, tail))
+        assert plain.headers["cache-control"] == "public, max-age=60", tail
+
+
 async def test_ladder_master_orders_variants(
     client: httpx.AsyncClient, media: MediaLibrary
 ) -> None:
