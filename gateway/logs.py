@@ -14,7 +14,7 @@ import re
 from contextvars import ContextVar
 from typing import Any, Literal
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.msgspec import MsgspecFormatter
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("clipsync_request_id", default=None)
 
@@ -40,8 +40,17 @@ _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# A word each pattern above needs (lower case): a line holding none of them holds nothing to
+# scrub. One lower() and a few substring searches cost ~2 us; the five scans cost ~60 us per
+# access line, a sixth of a cached segment request.
+_CLUES = ("token=", "bearer", "basic", "eyj", "://", "password", "secret")
+
+
 def redact(text: str) -> str:
     """``text`` with every token, password and credential replaced by ``***``."""
+    lowered = text.lower()
+    if not any(clue in lowered for clue in _CLUES):
+        return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
@@ -55,7 +64,7 @@ class RequestContext(logging.Filter):
         return True
 
 
-class JsonLines(JsonFormatter):
+class JsonLines(MsgspecFormatter):  # msgspec: half the time of the json module's encoder
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 

@@ -94,6 +94,13 @@ async def test_request_ids_are_taken_or_made_and_returned(media: MediaLibrary) -
         ("password=hunter22&email=a", "&email=a", "hunter22"),
         ("CacheSettings(jwt_secret='abc123') ok", ") ok", "abc123"),
         ("GET /vod/movie/seg-1.m4s 200", "GET /vod/movie/seg-1.m4s 200", ""),
+        # Any case: a line is searched for these words lower-cased before the patterns run.
+        ("GET /x?Access_TOKEN=zz9 200", "/x?Access_TOKEN=", "zz9"),
+        ("authorization: BEARER abcdefgh12345", "BEARER", "abcdefgh12345"),
+        ("Basic dXNlcjpwYXNz", "Basic", "dXNlcjpwYXNz"),
+        ("REDIS://user:s3cret@cache:6379/0", "REDIS://user:", "s3cret"),
+        ('{"New_Password":"hunter22"}', "New_Password", "hunter22"),
+        ('{"jwt_SECRET":"abc123"}', "jwt_SECRET", "abc123"),
     ],
 )
 def test_secrets_are_scrubbed_from_log_lines(line: str, kept: str, gone: str) -> None:
