@@ -43,7 +43,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backends.cache.redis_tier import connect, parse_url
-from bench.segment import OUT, fixture, machine, start_nginx, wait_for, wrk
+from bench.segment import OUT, fixture, machine, media_uris, start_nginx, wait_for, wrk
 from conf import Settings
 from tests.serving import Server, free_port, run_server, stop_process, stop_server
 
@@ -81,13 +81,9 @@ def segment_paths(server: Server) -> tuple[str, list[str]]:
     response = httpx.get(server.base + PLAYLIST, headers=PLAIN, timeout=30)
     response.raise_for_status()
     assert "content-encoding" not in response.headers
-    folder = PLAYLIST.rsplit("/", 1)[0]
-    paths = [
-        f"{folder}/{line}"
-        for line in response.text.splitlines()
-        if line and not line.startswith("#") and re.fullmatch(r"seg-\d+\.m4s", line)
-    ]
+    paths = media_uris(PLAYLIST, response.text)
     assert paths, response.text
+    assert all(re.fullmatch(r".*/seg-\d+\.m4s", p) for p in paths), response.text
     return response.text, paths
 
 

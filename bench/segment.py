@@ -139,6 +139,13 @@ def write_static(results: dict[str, object], storage: Storage, root: Path) -> li
     return asyncio.run(dump())
 
 
+def media_uris(playlist: str, text: str) -> list[str]:
+    """The URL paths of the segments a media playlist (served at ``playlist``) lists: its
+    non-comment lines, relative to the playlist's folder (queries such as ``?token=`` kept)."""
+    folder = playlist.rsplit("/", 1)[0]
+    return [f"{folder}/{line}" for line in text.splitlines() if line and not line.startswith("#")]
+
+
 def wrk(
     base: str, paths: list[str], seconds: int, connections: int, script_dir: Path
 ) -> dict[str, float]:

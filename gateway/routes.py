@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from html import escape
 from importlib import resources
 from urllib.parse import urlencode
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -24,11 +26,28 @@ from packager.mux import fmp4, ts
 from packager.playlists import Format
 
 TOKEN_PARAM = "token"  # noqa: S105 - the name of a query parameter, not a secret
+_QUERY_CACHED = 1024  # longest query whose token is kept parsed (tokens: at most 512 chars)
 
 
-def _suffix(request: Request) -> str:
+def playback_token(request: Request) -> str | None:
+    """The request's ``?token=``, if it has one."""
+    query: bytes = request.scope["query_string"]
+    if not query:
+        return None
+    if len(query) > _QUERY_CACHED:
+        return request.query_params.get(TOKEN_PARAM)
+    return _token_in(query)
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_in(query: bytes) -> str | None:
+    # A player repeats one query, its token, on every request: each one is parsed once.
+    return QueryParams(query).get(TOKEN_PARAM)
+
+
+def token_suffix(request: Request) -> str:
     """The query that child URIs carry on: the playback token, nothing else."""
-    token = request.query_params.get(TOKEN_PARAM)
+    token = playback_token(request)
     return "?" + urlencode({TOKEN_PARAM: token}) if token else ""
 
 
@@ -55,7 +74,7 @@ class VodRoutes:
         req = urls.parse(request.path_params["path"])
         set_detail(request.scope, req.kind)  # metrics: "/vod/{path:path} segment", not one path
         fmt: Format = req.format or self.default_format
-        token = request.query_params.get(TOKEN_PARAM)
+        token = playback_token(request)
         signed = await self.assets.admit(req.asset, token, client_ip(request))
         if req.kind in ("master", "media", "iframes"):
             return await self._playlist(request, req, fmt, signed)
@@ -70,7 +89,7 @@ class VodRoutes:
     async def _playlist(
         self, request: Request, req: urls.PlaybackRequest, fmt: Format, signed: bool
     ) -> Response:
-        suffix = _suffix(request)
+        suffix = token_suffix(request)
         url_suffix = f"-{req.format}" if req.format else ""
         builders = {"master": self._master, "media": self._media, "iframes": self._iframes}
         build = builders[req.kind]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,7 +31,7 @@ from gateway import responses
 from gateway.api.http import client_ip
 from gateway.assets import CatalogAssets
 from gateway.library import Library, Rendition
-from gateway.routes import TOKEN_PARAM
+from gateway.routes import playback_token, token_suffix
 from packager import thumbnails
 from packager.thumbnails import POSTER, STORYBOARD
 
@@ -80,7 +79,7 @@ class ThumbnailRoutes:
         async def endpoint(request: Request) -> Response:
             with deadline_scope(self.deadline):
                 video_id = request.path_params["video_id"]
-                token = request.query_params.get(TOKEN_PARAM)
+                token = playback_token(request)
                 signed = await self.assets.admit(video_id, token, client_ip(request))
                 return await serve(request, video_id, signed)
 
@@ -159,8 +158,7 @@ class ThumbnailRoutes:
 
     async def storyboard(self, request: Request, video_id: str, signed: bool) -> Response:
         info = await self._stat(video_id, STORYBOARD, "storyboard")
-        token = request.query_params.get(TOKEN_PARAM)
-        suffix = "?" + urlencode({TOKEN_PARAM: token}) if token else ""
+        suffix = token_suffix(request)
 
         async def relinked() -> bytes:
             text = (await self._read(info)).decode("utf-8", errors="replace")
