@@ -18,7 +18,13 @@ Prints a markdown table (and writes it to bench/out/ingest.md). Sections (``--on
   median trial of each is reported, with its CPU time (user + system, all threads), and each
   pair's ratio (a busy machine slows both of a pair alike). Target: ffmpeg's time / ours >= 0.9.
 
-The source is generated once by PyAV into bench/out/ingest/ and reused.
+* **beside**: playback while a transcode runs on the same machine: wrk on cached 360p segments
+  of a gateway (one granian worker, ``jobs.gateway_workers = 1``), idle and then while that
+  gateway transcodes a 60 s 1080p upload (its child process at ``ingest.transcode_nice``), with
+  the default 19 and with 0 (the child as urgent as the gateway). How far the job got in the
+  same seconds is reported beside: the price of the priority.
+
+The sources are generated once by PyAV into bench/out/ingest/ and reused.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.segment import FIXTURE, OUT, cpu_name, generated
+from bench.segment import FIXTURE, OUT, cpu_name, generated, media_uris, wrk
 from packager.ladder import transcode
 from packager.ladder_plan import LadderConfig, PlannedRung, output_rate, plan
 
@@ -220,7 +226,7 @@ class Gateway:
 
     SECRET = "b" * 40
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, jobs: int = 0, nice: int = 19) -> None:
         import msgspec
 
         from conf import Settings
@@ -233,7 +239,8 @@ class Gateway:
         raw["catalog"]["url"] = f"sqlite:///{folder / 'catalog.db'}"
         raw["auth"]["jwt_secret"] = self.SECRET
         raw["ingest"]["max_upload_mb"] = 4096
-        raw["jobs"]["gateway_workers"] = 0  # measure the upload path, not a transcode
+        raw["jobs"]["gateway_workers"] = jobs  # 0: measure the upload path, not a transcode
+        raw["ingest"]["transcode_nice"] = nice
         self.server = run_server(msgspec.convert(raw, Settings), folder / "gateway.log")
         self.catalog_url = raw["catalog"]["url"]
         self.auth = {"authorization": f"Bearer {self._token()}"}
@@ -400,12 +407,14 @@ def upload_rows(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+# A camera-like file: moov at the end, so validation must find it there.
+PLAYABLE_SPEC = dataclasses.replace(FIXTURE, noise=8, preset="ultrafast")
+
+
 def playable_rows(args: argparse.Namespace) -> list[Row]:
     import httpx
 
-    # A camera-like file: moov at the end, so validation must find it there.
-    spec = dataclasses.replace(FIXTURE, noise=8, preset="ultrafast")
-    source = generated(OUT / "ingest" / "source-1080p30-60s-h264.mp4", spec, "the 60 s source")
+    source = generated(OUT / "ingest" / "source-1080p30-60s-h264.mp4", PLAYABLE_SPEC, "the source")
     data = source.read_bytes()
     times = []
     with tempfile.TemporaryDirectory(prefix="bench-playable-") as work:
@@ -438,12 +447,68 @@ def playable_rows(args: argparse.Namespace) -> list[Row]:
     ]
 
 
+# --- playback beside a transcode ---------------------------------------------------------------
+
+
+def beside_rows(args: argparse.Namespace) -> list[Row]:
+    import httpx
+
+    source = generated(OUT / "ingest" / "source-1080p30-60s-h264.mp4", PLAYABLE_SPEC, "the source")
+    clip = dataclasses.replace(FIXTURE, duration=20, width=640, height=360, bitrate=800_000)
+    play = generated(OUT / "ingest" / "play-360p.mp4", clip, "the 360p clip to play")
+    data = source.read_bytes()
+    rows: list[Row] = []
+    for nice in (19, 0):
+        with tempfile.TemporaryDirectory(prefix="bench-beside-") as work:
+            gate = Gateway(Path(work), jobs=1, nice=nice)
+            try:
+                shutil.copy(play, gate.root / "play.mp4")
+                base = gate.server.base
+                playlist = "/vod/play.mp4/main/index.m3u8"
+                paths = media_uris(playlist, httpx.get(base + playlist).raise_for_status().text)
+                for path in paths:  # warm: every segment built and cached
+                    httpx.get(base + path).raise_for_status()
+                wrk(base, paths, 2, 8, Path(work))
+                idle = wrk(base, paths, args.beside_seconds, 8, Path(work))
+                video, url = gate.new_upload(len(data))
+                gate.patch(url, 0, data, len(data))
+                before = 0
+                while before < 3:  # past validation (0-2%): the ladder is being encoded
+                    time.sleep(0.2)
+                    got = httpx.get(f"{base}/api/v1/videos/{video}", headers=gate.auth).json()
+                    before = got["progress"]
+                    assert got["status"] in ("uploaded", "playable", "processing"), got
+                busy = wrk(base, paths, args.beside_seconds, 8, Path(work))
+                got = httpx.get(f"{base}/api/v1/videos/{video}", headers=gate.auth).json()
+                assert got["progress"] < 90, got  # the ladder was still encoding throughout
+                done = got["progress"] - before
+            finally:
+                gate.close()
+        label = "default" if nice == 19 else "same priority as the gateway"
+        rows += [
+            (
+                f"cached 360p segments, 1 granian worker, idle (reference; nice {nice} run)",
+                f"{idle['rps']:.0f} seg/s, p99 {idle['p99_ms']:.1f} ms",
+                "",
+            ),
+            (
+                f"the same during a 1080p ladder transcode, ingest.transcode_nice = {nice} "
+                f"({label})",
+                f"{busy['rps']:.0f} seg/s, p99 {busy['p99_ms']:.1f} ms",
+                f"{busy['rps'] / idle['rps'] * 100:.0f}% of idle; the job advanced "
+                f"{done} percentage points in those {args.beside_seconds} s",
+            ),
+        ]
+    return rows
+
+
 # --- the report ------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "upload": upload_rows,
     "playable": playable_rows,
     "ladder": ladder_rows,
+    "beside": beside_rows,
 }
 
 
@@ -457,6 +522,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20, help="ladder: source seconds")
     parser.add_argument("--trials", type=int, default=3, help="alternating trials per side")
     parser.add_argument("--upload-mb", type=int, default=1024, help="upload: size in MB")
+    parser.add_argument("--beside-seconds", type=int, default=10, help="beside: wrk seconds")
     args = parser.parse_args()
     lines = [f"Machine: {machine()}", ""]
     for name in args.only or list(SECTIONS):

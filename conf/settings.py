@@ -208,6 +208,9 @@ class IngestSettings(_Section, frozen=True):
     )
     # Seconds between storyboard thumbnails (the sprite sheets players show when seeking).
     thumbnail_interval: Annotated[float, Meta(ge=1.0, le=600.0)] = 5.0
+    # Transcodes and thumbnail sets run in a child process this many nice steps below the
+    # gateway or worker (0-19): on a shared machine, playback keeps the CPU it needs.
+    transcode_nice: Annotated[int, Meta(ge=0, le=19)] = 19
 
 
 class JobsSettings(_Section, frozen=True):

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+from backends import child
 from backends.blocking import BlockingRunner
 from backends.catalog import Catalog, Rendition, VideoChanges, processing
 from backends.catalog.records import Video, storage_folder
@@ -71,8 +72,9 @@ def ladder_config(ingest: IngestSettings) -> ladder.LadderConfig:
 
 
 class Progress:
-    """Percent done, reported from the transcode thread, written by the event loop now and
-    then (a write per frame would be a write per millisecond)."""
+    """Percent done, reported by the transcode (its child process's reports replayed on the
+    event loop), written to the catalog now and then (a write per frame would be a write per
+    millisecond)."""
 
     def __init__(self, catalog: Catalog, video_id: str, stop: threading.Event) -> None:
         self.catalog = catalog
@@ -82,7 +84,7 @@ class Progress:
         self._written = -1
 
     def stage(self, name: str, fraction: float) -> None:
-        """Called from any thread; raises Stopped into a transcode when shutting down."""
+        """Raises Stopped when shutting down (the transcode is then stopped too)."""
         if self.stop.is_set():
             raise Stopped
         low, high = STAGES[name]
@@ -196,13 +198,14 @@ class Pipeline:
             async with local_copy(self.storage, original, video.original_size or 0) as source:
                 started = time.monotonic()
                 try:
-                    rungs = await asyncio.to_thread(
+                    rungs = await child.run(
                         ladder.transcode,
                         source,
                         work,
                         ladder_config(self.ingest),
-                        lambda f: progress.stage("ladder", f),
-                        self.stop,
+                        on_progress=lambda f: progress.stage("ladder", f),
+                        stop=self.stop,
+                        nice=self.ingest.transcode_nice,
                     )
                 except ladder.Cancelled:
                     raise Stopped from None
@@ -214,8 +217,12 @@ class Pipeline:
             by_height = sorted(rungs, key=lambda r: r.height)
             picked = next((r for r in by_height if r.height >= THUMBNAIL_HEIGHT), by_height[-1])
             thumbs = Path(work) / "thumbs"
-            made = await asyncio.to_thread(
-                thumbnails.make_set, picked.path, str(thumbs), self.thumbnail_interval
+            made = await child.run(
+                thumbnails.make_set,
+                picked.path,
+                str(thumbs),
+                self.thumbnail_interval,
+                nice=self.ingest.transcode_nice,
             )
             progress.stage("thumbnails", 1.0)
             files = [(Path(r.path), f"{folder}/{r.name}.mp4") for r in rungs]
