@@ -162,7 +162,10 @@ async def test_full_redis_is_counted_and_costs_nothing(media: MediaLibrary, tmp_
     server = RedisServer(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
     try:
         async with gateway(media.root, server.url) as (client, app):
-            urls = [
+            # One segment stored while there is room (read back from Redis later), then enough
+            # to fill it: which writes fit must not depend on the fixtures' exact sizes.
+            urls = [f"/vod/{MEDIA}.mp4/main/seg-1.m4s"]
+            urls += [
                 f"/vod/ladder/{r}/seg-{n}.m4s" for r in ("360p", "240p", "180p") for n in (1, 2)
             ]
             urls += paths(20)
