@@ -407,14 +407,17 @@ def upload_rows(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-# A camera-like file: moov at the end, so validation must find it there.
-PLAYABLE_SPEC = dataclasses.replace(FIXTURE, noise=8, preset="ultrafast")
+def camera_source() -> Path:
+    """A 60 s 1080p camera-like file (moov at the end, so validation must find it there),
+    generated once."""
+    spec = dataclasses.replace(FIXTURE, noise=8, preset="ultrafast")
+    return generated(OUT / "ingest" / "source-1080p30-60s-h264.mp4", spec, "the source")
 
 
 def playable_rows(args: argparse.Namespace) -> list[Row]:
     import httpx
 
-    source = generated(OUT / "ingest" / "source-1080p30-60s-h264.mp4", PLAYABLE_SPEC, "the source")
+    source = camera_source()
     data = source.read_bytes()
     times = []
     with tempfile.TemporaryDirectory(prefix="bench-playable-") as work:
@@ -453,7 +456,7 @@ def playable_rows(args: argparse.Namespace) -> list[Row]:
 def beside_rows(args: argparse.Namespace) -> list[Row]:
     import httpx
 
-    source = generated(OUT / "ingest" / "source-1080p30-60s-h264.mp4", PLAYABLE_SPEC, "the source")
+    source = camera_source()
     clip = dataclasses.replace(FIXTURE, duration=20, width=640, height=360, bitrate=800_000)
     play = generated(OUT / "ingest" / "play-360p.mp4", clip, "the 360p clip to play")
     data = source.read_bytes()

@@ -37,6 +37,7 @@ from backends.blocking import BlockingRunner
 from backends.storage import Storage, open_storage
 from conf import Settings
 from conf.settings import StorageSettings
+from loadtests.player import media
 from packager import reader
 from packager.index import MediaIndex
 from packager.mp4 import read_index
@@ -140,10 +141,9 @@ def write_static(results: dict[str, object], storage: Storage, root: Path) -> li
 
 
 def media_uris(playlist: str, text: str) -> list[str]:
-    """The URL paths of the segments a media playlist (served at ``playlist``) lists: its
-    non-comment lines, relative to the playlist's folder (queries such as ``?token=`` kept)."""
-    folder = playlist.rsplit("/", 1)[0]
-    return [f"{folder}/{line}" for line in text.splitlines() if line and not line.startswith("#")]
+    """The URL paths of the segments a media playlist (served at ``playlist``) lists, read as
+    the load tests' players read it (queries such as ``?token=`` kept)."""
+    return [uri for _, uri in media(text, playlist).segments]
 
 
 def wrk(
